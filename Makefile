@@ -1,0 +1,53 @@
+# llm-usage-consumer: `make help` lists the targets. Everything runs from .venv, created on demand.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help venv jars run test test-unit lint format schema broker-start broker-stop clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install the project (editable, with test extras)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+jars: venv ## download the Kafka broker jars into the cache (first run only)
+	$(BIN)/python -c "from consumer.broker import ensure_jars; print('broker jars:', ensure_jars())"
+
+run: venv jars ## the demo: local broker, demo producer and worker; Ctrl-C stops all
+	$(BIN)/usage-consumer demo
+
+test: venv jars lint ## the whole suite, integration tests on a real local broker included
+	$(BIN)/pytest
+
+test-unit: venv ## only the tests that need no broker
+	$(BIN)/pytest -m "not integration"
+
+lint: venv ## ruff (lint and format check) and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schema: venv ## regenerate schemas/usage_event.v1.schema.json from the model
+	$(BIN)/python -m schemas > schemas/usage_event.v1.schema.json
+
+broker-start: venv jars ## start the local broker in .local/kafka and print its address
+	$(BIN)/usage-consumer broker start
+
+broker-stop: venv ## stop the local broker
+	$(BIN)/usage-consumer broker stop
+
+clean: broker-stop ## remove the venv and local broker data (the jar cache stays)
+	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,322 @@
+"""`usage-consumer`: the command line. It parses, wires the stages together, and runs them.
+
+usage-consumer run                      the worker
+usage-consumer demo                     local broker + demo producer + worker (`make run`)
+usage-consumer broker start|stop        the embedded single-node Kafka broker
+usage-consumer produce                  synthetic events, or a .jsonl file verbatim
+usage-consumer validate F.jsonl         check events offline
+usage-consumer schema                   print the event JSON Schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
+
+from consumer import broker
+from consumer.commit import Committer, OffsetLedger
+from consumer.deadletter import DeadLetterSink
+from consumer.errors import ConfigError, UsageConsumerError
+from consumer.metrics import WorkerMetrics
+from consumer.produce import Publisher, synthetic_events
+from consumer.record import METER_NAME, Recorder, build_meter_provider
+from consumer.serve import HealthState, MetricsServer
+from consumer.settings import ENV_PREFIX, Settings, load_settings
+from consumer.source import KafkaSource
+from consumer.tracker import TokenTracker
+from consumer.validate import Rejection, decode
+from consumer.worker import Rebalancer, Worker
+from schemas import json_schema_text
+
+__all__ = ["main", "run_worker"]
+
+log = logging.getLogger("consumer")
+
+DEFAULT_DATA_DIR = Path(".local/kafka")
+
+
+def run_worker(settings: Settings, stop: threading.Event) -> int:
+    """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
+    registry = CollectorRegistry(auto_describe=True)
+    meter_provider = build_meter_provider(registry, settings.cardinality_limit)
+    tracker = TokenTracker(meter_provider.get_meter(METER_NAME))
+    metrics = WorkerMetrics.create(registry)
+    health = HealthState()
+    ledger = OffsetLedger()
+    committer = Committer(ledger, metrics)
+
+    dead_letters = DeadLetterSink(
+        Producer(settings.producer_config()), settings.dead_letter_topic, ledger, metrics
+    )
+    rebalancer = Rebalancer(
+        ledger, committer, dead_letters, metrics, health, handover_timeout_s=10.0
+    )
+
+    def on_lag(lag: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), value in lag.items():
+            metrics.consumer_lag.labels(topic, str(partition)).set(value)
+
+    source = KafkaSource(settings.consumer_config(), settings.topic, rebalancer, on_lag)
+    server = MetricsServer(settings.metrics_host, settings.metrics_port, registry, health)
+    worker = Worker(
+        source=source,
+        recorder=Recorder(tracker),
+        dead_letters=dead_letters,
+        ledger=ledger,
+        committer=committer,
+        metrics=metrics,
+        health=health,
+        batch_size=settings.batch_size,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        max_message_bytes=settings.max_message_bytes,
+        shutdown_timeout_s=10.0,
+    )
+    server.start()
+    host, port = server.address
+    log.info(
+        "consuming %s as group %s; dead letters to %s; metrics on http://%s:%d/metrics",
+        settings.topic,
+        settings.group_id,
+        settings.dead_letter_topic,
+        host,
+        port,
+    )
+    log.debug("settings: %s", settings.redacted())
+    try:
+        worker.run(stop)
+    finally:
+        server.stop()
+        meter_provider.shutdown()
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: finishing the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, generated from the model so the two never drift apart."""
+    for name, field in Settings.model_fields.items():
+        if name == "kafka_options":
+            parser.add_argument(
+                "--kafka-option",
+                dest="kafka_options",
+                action="append",
+                metavar="KEY=VALUE",
+                help="extra librdkafka setting, repeatable (env: JSON object)",
+            )
+            continue
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            metavar=name.upper(),
+            help=f"{field.description or ''} (env {ENV_PREFIX}{name.upper()})",
+        )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    values = {n: getattr(args, n, None) for n in Settings.model_fields}
+    options = values.pop("kafka_options")
+    out = {k: v for k, v in values.items() if v is not None}
+    if options:
+        parsed = {}
+        for item in options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(
+                    "kafka_options (flag --kafka-option)", f"{item!r} is not KEY=VALUE"
+                )
+            parsed[key.strip()] = value
+        out["kafka_options"] = parsed
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    logging.getLogger().setLevel(settings.log_level)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    return run_worker(settings, stop)
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    if args.action == "start":
+        info = broker.start_broker(data_dir, args.port)
+        print(f"broker running (pid {info.pid}, data in {info.data_dir})")
+        print(info.bootstrap)
+        return 0
+    if broker.stop_broker(data_dir):
+        print("broker stopped")
+    else:
+        print("no broker was running")
+    return 0
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    config: dict[str, Any] = {"bootstrap.servers": args.bootstrap_servers}
+    publisher = Publisher(config, args.topic)
+    if args.from_file:
+        publisher.send_file(Path(args.from_file))
+    else:
+        publisher.send_events(synthetic_events(args.count, args.seed), rate=args.rate)
+    remaining = publisher.flush()
+    print(f"delivered {publisher.delivered}, failed {len(publisher.failed) + remaining}")
+    if publisher.failed:
+        print(f"first failure: {publisher.failed[0]}", file=sys.stderr)
+    return 1 if publisher.failed or remaining else 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    invalid = total = 0
+    with Path(args.file).open("rb") as lines:
+        for number, line in enumerate(lines, start=1):
+            total += 1
+            outcome = decode(line.removesuffix(b"\n"), args.max_message_bytes)
+            if isinstance(outcome, Rejection):
+                invalid += 1
+                print(f"line {number}: {outcome.reason.value}: {outcome.detail}")
+    print(f"{total - invalid} valid, {invalid} invalid", file=sys.stderr)
+    return 1 if invalid else 0
+
+
+def _cmd_schema(_args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    was_running = broker.broker_status(data_dir) is not None
+    print("starting the local Kafka broker (the first run downloads its jars)...", flush=True)
+    info = broker.start_broker(data_dir, args.port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    try:
+        settings = load_settings({**_overrides(args), "bootstrap_servers": info.bootstrap})
+        ensure_topics(info.bootstrap, [settings.topic, settings.dead_letter_topic], partitions=6)
+        producer = threading.Thread(
+            target=_demo_producer,
+            args=(info.bootstrap, settings.topic, args.rate, stop),
+            name="demo-producer",
+            daemon=True,
+        )
+        producer.start()
+        host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
+        print(
+            f"\nbroker   {info.bootstrap}\ntopic    {settings.topic} "
+            f"({args.rate:g} demo events/s, ~1% invalid -> {settings.dead_letter_topic})\n"
+            f"metrics  http://{host}:{settings.metrics_port}/metrics\n"
+            "Ctrl-C stops everything this started.\n",
+            flush=True,
+        )
+        return run_worker(settings, stop)
+    finally:
+        stop.set()
+        if not was_running:
+            broker.stop_broker(data_dir)
+            print("local broker stopped", flush=True)
+
+
+def _demo_producer(bootstrap: str, topic: str, rate: float, stop: threading.Event) -> None:
+    """Synthetic events at `rate` per second; every hundredth one is invalid, for the DLQ."""
+    publisher = Publisher({"bootstrap.servers": bootstrap}, topic)
+    sent = 0
+    for seed in itertools.count():
+        for event in synthetic_events(1000, seed):
+            if stop.wait(1 / rate if rate > 0 else 1):
+                publisher.flush(5)
+                return
+            sent += 1
+            if sent % 100 == 0:
+                publisher.send(b'{"schema_version": 1, "provider": "broken-gateway"}')
+            else:
+                publisher.send(json.dumps(event).encode(), key=event["event_id"].encode())
+
+
+def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
+    """Create missing topics (replication 1: for the local broker only)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+    for future in admin.create_topics(missing).values() if missing else []:
+        future.result(timeout=30)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usage-consumer",
+        description="LLM usage events from Kafka to Prometheus, at least once.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the worker")
+    _settings_flags(run)
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="local broker, demo producer and worker (make run)")
+    demo.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    demo.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    demo.add_argument("--rate", type=float, default=20.0, help="demo events per second")
+    _settings_flags(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    brk = sub.add_parser("broker", help="the embedded single-node Kafka broker")
+    brk.add_argument("action", choices=["start", "stop"])
+    brk.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    brk.add_argument("--port", type=int, default=None, help="broker port (default: a free one)")
+    brk.set_defaults(func=_cmd_broker)
+
+    prod = sub.add_parser("produce", help="publish synthetic events or a file's lines")
+    prod.add_argument("--bootstrap-servers", required=True)
+    prod.add_argument("--topic", required=True)
+    source = prod.add_mutually_exclusive_group(required=True)
+    source.add_argument("--count", type=int, help="how many synthetic events")
+    source.add_argument("--from-file", metavar="F.jsonl", help="each line verbatim, one message")
+    prod.add_argument("--rate", type=float, default=0.0, help="events per second (0: flat out)")
+    prod.add_argument("--seed", type=int, default=0, help="seed of the synthetic mix")
+    prod.set_defaults(func=_cmd_produce)
+
+    val = sub.add_parser("validate", help="check a .jsonl file of events offline")
+    val.add_argument("file")
+    val.add_argument(
+        "--max-message-bytes", type=int, default=Settings.model_fields["max_message_bytes"].default
+    )
+    val.set_defaults(func=_cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the event JSON Schema")
+    schema.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("opentelemetry").setLevel(logging.ERROR)
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageConsumerError as exc:
+        print(f"usage-consumer: {exc}", file=sys.stderr)
+        return 2

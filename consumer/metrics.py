@@ -1,0 +1,96 @@
+"""The worker's own metrics, for the operators who run it (not the LLM usage it records).
+
+They live on the same registry as the usage metrics, so one scrape carries both. The registry is
+passed in; nothing here is global.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["WorkerMetrics"]
+
+_BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)
+
+
+@dataclass(frozen=True)
+class WorkerMetrics:
+    consumed: Counter
+    recorded: Counter
+    rejected: Counter
+    dead_lettered: Counter
+    dead_letter_failures: Counter
+    batches: Counter
+    batch_size: Histogram
+    commits: Counter
+    commit_failures: Counter
+    assigned_partitions: Gauge
+    consumer_lag: Gauge
+    committed_offset: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
+        p = "usage_consumer_"
+        tp = ("topic", "partition")
+        return cls(
+            consumed=Counter(
+                p + "messages_consumed", "Kafka messages read from the topic.", registry=registry
+            ),
+            recorded=Counter(
+                p + "events_recorded", "Valid events recorded into the meters.", registry=registry
+            ),
+            rejected=Counter(
+                p + "messages_rejected",
+                "Invalid messages, by reason code.",
+                ["reason"],
+                registry=registry,
+            ),
+            dead_lettered=Counter(
+                p + "dead_letters",
+                "Rejected messages the dead-letter topic acknowledged, by reason code.",
+                ["reason"],
+                registry=registry,
+            ),
+            dead_letter_failures=Counter(
+                p + "dead_letter_failures",
+                "Attempts to write the dead-letter topic that failed (retried; the partition "
+                "does not advance meanwhile).",
+                registry=registry,
+            ),
+            batches=Counter(p + "batches", "Batches processed.", registry=registry),
+            batch_size=Histogram(
+                p + "batch_size",
+                "Messages per batch.",
+                buckets=_BATCH_SIZE_BUCKETS,
+                registry=registry,
+            ),
+            commits=Counter(p + "commits", "Successful offset commits.", registry=registry),
+            commit_failures=Counter(
+                p + "commit_failures", "Offset commits that failed.", registry=registry
+            ),
+            assigned_partitions=Gauge(
+                p + "assigned_partitions", "Partitions assigned to this worker.", registry=registry
+            ),
+            consumer_lag=Gauge(
+                p + "consumer_lag",
+                "Messages between the partition's end and this worker's position "
+                "(from librdkafka statistics).",
+                tp,
+                registry=registry,
+            ),
+            committed_offset=Gauge(
+                p + "committed_offset",
+                "Last offset this worker committed (the next offset to read).",
+                tp,
+                registry=registry,
+            ),
+        )
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop per-partition series when a partition leaves, so stale values do not linger."""
+        for gauge in (self.consumer_lag, self.committed_offset):
+            with contextlib.suppress(KeyError):  # never set for this partition
+                gauge.remove(topic, str(partition))

@@ -1,0 +1,260 @@
+"""Validate stage: one Kafka message value -> a ``UsageEventV1`` or a ``Rejection``.
+
+:func:`decode` never raises for any input bytes. The happy path is a single call
+to ``UsageEventV1.model_validate_json`` on the raw bytes (jiter parses and
+validates UTF-8 in one pass; nothing is decoded or copied beforehand). All
+classification work happens only after validation has failed.
+
+Classification, in order:
+
+* ``None`` (a tombstone) or ``b""`` -> ``EMPTY``.
+* more than ``max_bytes`` bytes -> ``TOO_LARGE``; the payload is not parsed.
+  Exactly ``max_bytes`` is accepted.
+* JSON syntax error -> ``NOT_UTF8`` if the bytes are not valid UTF-8 (the detail
+  gives the byte offset), otherwise ``INVALID_JSON`` (the detail is jiter's
+  message with line and column).
+* top-level value is not an object -> ``NOT_AN_OBJECT`` (detail names the JSON
+  type received).
+* ``schema_version`` is a JSON integer other than 1 -> ``UNSUPPORTED_SCHEMA_VERSION``
+  (detail names the version). This wins over any other field error, because a
+  different version may legitimately have different fields. A
+  ``schema_version`` that is not an integer at all (``"1"``, ``1.0``, ``true``,
+  ``null``) is a malformed v1 event, not a future version: ``SCHEMA_VIOLATION``.
+* anything else -> ``SCHEMA_VIOLATION``, detail listing the first
+  :data:`MAX_LISTED_ERRORS` failing fields, e.g.
+  ``input_tokens: Input should be a valid integer (got '12'); model: Field required``.
+
+Details are at most :data:`MAX_DETAIL_LENGTH` characters, printable ASCII only:
+values taken from the payload are shown through ``ascii()`` (escaping control
+and non-ASCII characters) and clipped to :data:`MAX_INPUT_REPR_LENGTH`
+characters. The payload itself is never included.
+
+Parser behaviours (verified against pydantic 2.14 / pydantic-core 2.50, and
+pinned down by tests/test_validate.py):
+
+Invalid UTF-8
+    jiter validates UTF-8 in every string, known field, unknown field or key
+    alike, including overlong forms and UTF-8-encoded surrogates
+    (``ED A0 80``); outside strings any non-ASCII byte is a syntax error. So any
+    invalid UTF-8 anywhere fails parsing -> ``NOT_UTF8``; an accepted event
+    always came from valid UTF-8.
+Lone surrogate escapes (``"\\ud800"``, ``"\\udc00"``, ``"\\ud800\\u0041"``)
+    Rejected by jiter wherever they occur -> ``INVALID_JSON``. Go's
+    ``encoding/json`` never emits them (it writes U+FFFD for invalid UTF-8), so
+    this only hits foreign producers; in exchange no accepted string contains a
+    surrogate, so every string can be re-encoded as UTF-8 (metrics, logs).
+``NaN``, ``Infinity``, ``-Infinity`` literals
+    Not JSON, but jiter (as used by pydantic) accepts them as floats; pydantic
+    has no switch to refuse them at parse time (``allow_inf_nan=False`` only
+    affects float fields). In a known field they fail type validation (no v1
+    field takes a float) -> ``SCHEMA_VIOLATION`` naming the field; in an
+    unknown field they are silently ignored like the rest of that field. Go's
+    ``encoding/json`` refuses to marshal NaN/Inf, so this is theoretical.
+    (Lowercase ``nan`` is a syntax error -> ``INVALID_JSON``.) Numbers too large
+    for a float (``1e400``) become infinity, with the same outcome.
+Huge integers
+    Up to 4300 digits parse (then fail the field's range check ->
+    ``SCHEMA_VIOLATION``, or are ignored in unknown fields); more digits is
+    "number out of range" -> ``INVALID_JSON``, wherever it occurs.
+Duplicate keys
+    Accepted, the last occurrence wins, the same as Go's ``encoding/json``.
+    Detecting duplicates would need a second full parse of every message (jiter
+    and pydantic offer no hook), so we chose not to. This includes
+    ``schema_version``: ``{"schema_version": 2, ..., "schema_version": 1}`` is a v1
+    event. Go producers marshalling a struct cannot emit duplicate keys.
+Deep nesting
+    jiter has a fixed recursion limit: 201 nested arrays/objects parse, 202 or
+    more fail with "recursion limit exceeded" -> ``INVALID_JSON``, whether at the
+    top level or inside an ignored unknown field, and without touching Python's
+    recursion limit (no ``RecursionError``; 10,000 and 100,000 levels tested).
+    The v1 event itself is flat, so this only affects unknown fields.
+Byte order mark
+    A UTF-8 BOM prefix is a syntax error (RFC 8259 forbids sending one) ->
+    ``INVALID_JSON``, with the detail saying so. A UTF-16/32 payload is not
+    UTF-8 -> ``NOT_UTF8``.
+Trailing data
+    Whitespace (space, tab, CR, LF) after the object is accepted; anything else
+    (garbage, a second object) -> ``INVALID_JSON`` ("trailing characters").
+Escaped control characters (``"\\u0000"``)
+    Valid JSON; in a known string field they fail the no-control-characters
+    rule -> ``SCHEMA_VIOLATION``; in unknown fields they are ignored. Raw
+    (unescaped) control characters inside strings are a syntax error ->
+    ``INVALID_JSON``.
+"""
+
+import codecs
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from schemas import NO_CONTROL_CHARS_PATTERN, SCHEMA_VERSION, UsageEventV1
+
+__all__ = [
+    "MAX_DETAIL_LENGTH",
+    "MAX_INPUT_REPR_LENGTH",
+    "MAX_LISTED_ERRORS",
+    "Reason",
+    "Rejection",
+    "decode",
+]
+
+MAX_DETAIL_LENGTH: Final = 512
+"""Upper bound on ``Rejection.detail``, in characters."""
+MAX_LISTED_ERRORS: Final = 3
+"""How many field errors a ``SCHEMA_VIOLATION`` detail lists."""
+MAX_INPUT_REPR_LENGTH: Final = 40
+"""Upper bound on how much of an offending value is quoted in a detail."""
+
+_ELLIPSIS: Final = "..."
+
+
+class Reason(enum.StrEnum):
+    """Why a message was rejected. Values are stable: use them as metric labels."""
+
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    NOT_UTF8 = "not_utf8"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    SCHEMA_VIOLATION = "schema_violation"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that is not a valid usage event.
+
+    ``detail`` is short (at most :data:`MAX_DETAIL_LENGTH` characters),
+    printable ASCII, and meant for logs and dead-letter headers, never for
+    metric labels.
+    """
+
+    reason: Reason
+    detail: str
+
+
+def decode(value: bytes | None, max_bytes: int) -> UsageEventV1 | Rejection:
+    """Validate one Kafka message value. Never raises for any ``value``."""
+    if not value:
+        if value is None:
+            return Rejection(Reason.EMPTY, "message value is null (tombstone)")
+        return Rejection(Reason.EMPTY, "message value is empty")
+    if len(value) > max_bytes:
+        return Rejection(
+            Reason.TOO_LARGE, f"message value is {len(value)} bytes, limit is {max_bytes}"
+        )
+    try:
+        return UsageEventV1.model_validate_json(value)
+    except ValidationError as exc:
+        return _classify(value, exc.errors(include_url=False))
+
+
+def _classify(value: bytes, errors: list[ErrorDetails]) -> Rejection:
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return _syntax_error(value, error)
+    for error in errors:
+        if error["type"] == "model_type" and not error["loc"]:
+            kind = _json_type_name(error["input"])
+            return Rejection(
+                Reason.NOT_AN_OBJECT, f"top-level JSON value is {kind}, expected an object"
+            )
+    for error in errors:
+        version = error["input"]
+        # Any error on an integer schema_version (literal_error, or int_parsing_size for
+        # integers too big for the literal check) means "not 1"; other types are violations.
+        if error["loc"] == ("schema_version",) and type(version) is int and version != 1:
+            return Rejection(
+                Reason.UNSUPPORTED_SCHEMA_VERSION,
+                f"schema_version {_int_repr(version)} is not supported"
+                f" (this consumer understands {SCHEMA_VERSION})",
+            )
+    return Rejection(Reason.SCHEMA_VIOLATION, _field_errors(errors))
+
+
+def _syntax_error(value: bytes, error: ErrorDetails) -> Rejection:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(Reason.NOT_UTF8, f"invalid UTF-8 at byte offset {exc.start}: {exc.reason}")
+    detail = _clean(error["msg"])
+    if value.startswith(codecs.BOM_UTF8):
+        detail = f"starts with a UTF-8 byte order mark, which is not allowed ({detail})"
+    return Rejection(Reason.INVALID_JSON, _clip(detail, MAX_DETAIL_LENGTH))
+
+
+def _field_errors(errors: list[ErrorDetails]) -> str:
+    parts: list[str] = []
+    for error in errors[:MAX_LISTED_ERRORS]:
+        where = ".".join(str(part) for part in error["loc"]) or "(root)"
+        message = _message(error)
+        if error["type"] != "missing" and _is_scalar(error["input"]):
+            message += f" (got {_value_repr(error['input'])})"
+        parts.append(f"{_clean(where)}: {_clean(message)}")
+    detail = "; ".join(parts)
+    if len(errors) > MAX_LISTED_ERRORS:
+        detail += f" (+{len(errors) - MAX_LISTED_ERRORS} more)"
+    return _clip(detail, MAX_DETAIL_LENGTH)
+
+
+def _message(error: ErrorDetails) -> str:
+    ctx = error.get("ctx") or {}
+    if (
+        error["type"] == "string_pattern_mismatch"
+        and ctx.get("pattern") == NO_CONTROL_CHARS_PATTERN
+    ):
+        return "String should not contain control characters (U+0000-U+001F, U+007F-U+009F)"
+    return error["msg"]
+
+
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float)
+
+
+def _value_repr(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return _int_repr(value)
+    if isinstance(value, str):
+        return _clip(ascii(value[: MAX_INPUT_REPR_LENGTH + 1]), MAX_INPUT_REPR_LENGTH)
+    return _clip(ascii(value), MAX_INPUT_REPR_LENGTH)
+
+
+def _int_repr(value: int) -> str:
+    # str() of a huge int is slow and, beyond sys.get_int_max_str_digits(), raises.
+    if value.bit_length() > 64:
+        return f"<{value.bit_length()}-bit integer>"
+    return str(value)
+
+
+def _json_type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _clean(text: str) -> str:
+    """Printable ASCII only: escape anything else the way ``ascii()`` would."""
+    if text.isascii() and text.isprintable():
+        return text
+    return ascii(text)[1:-1]
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(_ELLIPSIS)] + _ELLIPSIS

@@ -1,0 +1,212 @@
+"""Test harness: workers as real subprocesses, scraped over HTTP, and an independent oracle.
+
+The oracle restates tracker-semantics.md in the Prometheus names a scraper sees; it does not
+import the tracker, so a wrong rule in the port cannot hide behind the same rule in the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Labels = frozenset[tuple[str, str]]
+Series = dict[tuple[str, Labels], float]
+
+COUNTERS = (
+    "llm_token_usage_input_total",
+    "llm_token_usage_output_total",
+    "llm_token_total",
+    "llm_token_cache_input_total",
+    "llm_token_system_total",
+    "llm_request_count_total",
+    "llm_request_errors_total",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_exposition(text: str) -> Series:
+    """Every sample as {(sample name, labels): value}.
+
+    otel_scope_* labels are dropped, and so are empty-valued labels: the exporter gives every
+    series of a family the same label names, filling absent ones with "", and to Prometheus an
+    empty label is the same as no label.
+    """
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = frozenset(
+                (k, v) for k, v in sample.labels.items() if v and not k.startswith("otel_scope_")
+            )
+            out[(sample.name, labels)] = sample.value
+    return out
+
+
+def total(series: Series, name: str, **match: str) -> float:
+    wanted = set(match.items())
+    return sum(v for (n, labels), v in series.items() if n == name and wanted <= labels)
+
+
+def _truncate(code: str, limit: int = 64) -> str:
+    data = code.encode()[:limit]
+    return data.decode("utf-8", "ignore")
+
+
+def expected_series(events: Iterable[Mapping[str, Any]]) -> Series:
+    """What the tracker must export for these events: counters and histogram count/sum."""
+    out: dict[tuple[str, Labels], float] = defaultdict(float)
+    for e in events:
+        labels = {
+            "llm_provider": e["provider"],
+            "llm_provider_uuid": e.get("provider_uuid", ""),
+            "llm_model": e["model"],
+            "llm_request_model": e.get("request_model", ""),
+            "llm_scenario": e.get("scenario", ""),
+            "llm_streaming": "true" if e.get("streamed", False) else "false",
+            "llm_response_status": e["status"],
+        }
+        for key, attr in (
+            ("rule_uuid", "llm_rule_uuid"),
+            ("user_tier", "llm_user_tier"),
+            ("error_code", "llm_error_code"),
+        ):
+            if e.get(key):
+                labels[attr] = _truncate(e[key]) if key == "error_code" else e[key]
+        base = frozenset((k, v) for k, v in labels.items() if v)  # see parse_exposition
+        inp, outp = e.get("input_tokens", 0), e.get("output_tokens", 0)
+        cache, system = e.get("cache_input_tokens", 0), e.get("system_tokens", 0)
+        latency = e.get("latency_ms", 0)
+        if inp > 0:
+            out[("llm_token_usage_input_total", base)] += inp
+        if outp > 0:
+            out[("llm_token_usage_output_total", base)] += outp
+        if inp + outp > 0:
+            out[("llm_token_total", base)] += inp + outp
+        if cache > 0:
+            out[("llm_token_cache_input_total", base | {("llm_token_type", "cache")})] += cache
+        if system > 0:
+            out[("llm_token_system_total", base | {("llm_token_type", "system")})] += system
+        out[("llm_request_count_total", base)] += 1
+        if latency > 0:
+            out[("llm_request_duration_milliseconds_count", base)] += 1
+            out[("llm_request_duration_milliseconds_sum", base)] += float(latency)
+        if e["status"] == "error":
+            out[("llm_request_errors_total", base)] += 1
+    return dict(out)
+
+
+def usage_series(series: Series) -> Series:
+    """The scraped counters plus histogram count/sum: the part the oracle predicts."""
+    names = {*COUNTERS, "llm_request_duration_milliseconds_count"}
+    names.add("llm_request_duration_milliseconds_sum")
+    return {k: v for k, v in series.items() if k[0] in names}
+
+
+class WorkerProcess:
+    """`python -m consumer run` as a subprocess, with its log kept in a file."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        log_dir: Path,
+        *extra_args: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.args = [
+            sys.executable,
+            "-m",
+            "consumer",
+            "run",
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group-id",
+            group_id,
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.port),
+            "--statistics-interval-ms",
+            "1000",
+            *extra_args,
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_dir / f"worker-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
+        )
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read().decode()
+
+    def scrape(self) -> Series:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return parse_exposition(body)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        self.wait_for(lambda: self.get("/readyz")[0] == 200, timeout, "ready")
+
+    def wait_for(self, condition: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited ({self.proc.returncode}):\n{self.log()}")
+            try:
+                if condition():
+                    return
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not {what} after {timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def dump(obj: Any) -> bytes:
+    return json.dumps(obj).encode()

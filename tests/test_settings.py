@@ -1,0 +1,113 @@
+"""Settings: env and flags, librdkafka rendering, and start-up refusing a bad setting by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from consumer.cli import _overrides, _parser
+from consumer.errors import ConfigError
+from consumer.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("USAGE_CONSUMER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_render_the_delivery_critical_librdkafka_keys() -> None:
+    settings = load_settings()
+    config = settings.consumer_config()
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+    assert config["auto.offset.reset"] == "earliest"
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert config["group.id"] == "llm-usage-consumer"
+    assert settings.dead_letter_topic == "llm-usage.dlq"
+    producer = settings.producer_config()
+    assert producer["acks"] == "all"
+    assert producer["enable.idempotence"] is True
+    assert "group.id" not in producer
+    assert "partition.assignment.strategy" not in producer
+
+
+def test_env_then_flags_take_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("USAGE_CONSUMER_TOPIC", "from-env")
+    monkeypatch.setenv("USAGE_CONSUMER_BATCH_SIZE", "77")
+    monkeypatch.setenv("USAGE_CONSUMER_KAFKA_OPTIONS", '{"fetch.min.bytes": "1024"}')
+    args = _parser().parse_args(
+        ["run", "--topic", "from-flag", "--kafka-option", "session.timeout.ms=9000"]
+    )
+    settings = load_settings(_overrides(args))
+    assert settings.topic == "from-flag"
+    assert settings.batch_size == 77
+    assert settings.dead_letter_topic == "from-flag.dlq"
+    # Extra librdkafka options merge: the flag adds to (and would override) the env's keys.
+    assert settings.kafka_options == {"fetch.min.bytes": "1024", "session.timeout.ms": "9000"}
+    assert settings.consumer_config()["session.timeout.ms"] == "9000"
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings()
+    with pytest.raises(Exception, match="frozen"):
+        settings.topic = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"metrics_port": "99999"}, "USAGE_CONSUMER_METRICS_PORT"),
+        ({"batch_size": "0"}, "--batch-size"),
+        ({"batch_size": "many"}, "--batch-size"),
+        ({"topic": ""}, "USAGE_CONSUMER_TOPIC"),
+        ({"log_level": "LOUD"}, "--log-level"),
+        ({"kafka_options": {"enable.auto.commit": "true"}}, "enable.auto.commit"),
+        ({"kafka_options": {"sasl.password": "x"}}, "sasl_password"),
+        ({"dlq_topic": "same", "topic": "same"}, "dlq_topic must differ"),
+        ({"security_protocol": "SASL_SSL"}, "sasl_mechanism"),
+        ({"nonsense": "1"}, "nonsense"),
+    ],
+)
+def test_bad_setting_is_named(overrides: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match="invalid setting") as excinfo:
+        load_settings(overrides)
+    assert named in str(excinfo.value)
+
+
+def test_secret_never_appears_in_dumps_or_repr() -> None:
+    settings = load_settings(
+        {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "svc",
+            "sasl_password": "hunter2-very-secret",
+        }
+    )
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.redacted())
+    assert settings.consumer_config()["sasl.password"] == "hunter2-very-secret"
+
+
+def test_every_setting_has_a_flag() -> None:
+    help_text = _parser().parse_args(["run"])  # parses with no flags at all
+    assert all(getattr(help_text, name, "missing") is None for name in Settings.model_fields)
+
+
+def test_bad_setting_stops_start_up_with_its_name() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer", "run", "--metrics-port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "invalid setting metrics_port" in result.stderr
+    assert "USAGE_CONSUMER_METRICS_PORT" in result.stderr
+    assert "--metrics-port" in result.stderr
+    assert "Traceback" not in result.stderr
