@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars run test test-unit lint format schema broker-start broker-stop clean
+.PHONY: help venv jars run test chaos test-unit lint format schema broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ run: venv jars ## the demo: local broker, demo producer and worker; Ctrl-C stops
 
 test: venv jars lint ## the whole suite, integration tests on a real local broker included
 	$(BIN)/pytest
+
+chaos: venv jars ## the fault suite's long soak; figures to docs/chaos-results.{md,json}
+	USAGE_CONSUMER_CHAOS_PROFILE=soak USAGE_CONSUMER_CHAOS_REPORT=docs/chaos-results \
+		$(BIN)/pytest -m faults tests/test_faults.py
 
 test-unit: venv ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration"
@@ -49,5 +53,6 @@ broker-start: venv jars ## start the local broker in .local/kafka and print its 
 broker-stop: venv ## stop the local broker
 	$(BIN)/usage-consumer broker stop
 
-clean: broker-stop ## remove the venv and local broker data (the jar cache stays)
+clean: ## stop the local broker, remove the venv and its data (the jar cache stays)
+	-test -x $(BIN)/usage-consumer && $(BIN)/usage-consumer broker stop
 	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache

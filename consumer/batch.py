@@ -1,7 +1,7 @@
 """The batch stage: one batch of messages, split into valid events and rejections.
 
-A batch remembers, per partition, the offset after its last message, so the commit stage can
-advance every partition the batch touched once the batch is recorded.
+A batch remembers, per partition, the offset after its last message and which of its events are
+valid, so the commit stage can advance every partition it touched once the batch is recorded.
 """
 
 from __future__ import annotations
@@ -16,29 +16,44 @@ from consumer.deadletter import DeadLetter
 from consumer.validate import Rejection, decode
 from schemas import UsageEventV1
 
-__all__ = ["Batch", "split"]
+__all__ = ["Batch", "PartitionSpan", "split"]
+
+
+@dataclass
+class PartitionSpan:
+    """What one batch holds of one partition."""
+
+    end: int  # offset after the batch's last message on this partition
+    recorded: int = 0  # valid events
+    last_recorded: int = -1  # offset of the last valid event
 
 
 @dataclass
 class Batch:
     events: list[UsageEventV1] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
-    # partition -> offset after the last message of this batch on it
-    ends: dict[PartitionKey, int] = field(default_factory=dict)
+    spans: dict[PartitionKey, PartitionSpan] = field(default_factory=dict)
     size: int = 0
 
 
 def split(messages: list[Message], max_message_bytes: int) -> Batch:
     """Validate every message; one bad message never stops the others."""
     batch = Batch(size=len(messages))
-    ends = batch.ends
+    spans = batch.spans
     for message in messages:
+        # A consumed message without an error always has its position.
+        key = (cast(str, message.topic()), cast(int, message.partition()))
+        offset = cast(int, message.offset())
+        span = spans.get(key)
+        if span is None:
+            span = spans[key] = PartitionSpan(end=offset + 1)
+        else:
+            span.end = offset + 1
         outcome = decode(message.value(), max_message_bytes)
         if isinstance(outcome, Rejection):
             batch.rejected.append(DeadLetter.of(message, outcome))
         else:
             batch.events.append(outcome)
-        # A consumed message without an error always has its position.
-        key = (cast(str, message.topic()), cast(int, message.partition()))
-        ends[key] = cast(int, message.offset()) + 1
+            span.recorded += 1
+            span.last_recorded = offset
     return batch

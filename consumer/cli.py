@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from prometheus_client import CollectorRegistry
 
 from consumer import broker
-from consumer.commit import Committer, OffsetLedger
+from consumer.commit import Committer, LedgerCollector, OffsetLedger, ScrapeAcknowledger
 from consumer.deadletter import DeadLetterSink
 from consumer.errors import ConfigError, UsageConsumerError
 from consumer.metrics import WorkerMetrics
@@ -38,7 +38,7 @@ from consumer.settings import ENV_PREFIX, Settings, load_settings
 from consumer.source import KafkaSource
 from consumer.tracker import TokenTracker
 from consumer.validate import Rejection, decode
-from consumer.worker import Rebalancer, Worker
+from consumer.worker import Backpressure, Rebalancer, Worker
 from schemas import json_schema_text
 
 __all__ = ["main", "run_worker"]
@@ -46,6 +46,12 @@ __all__ = ["main", "run_worker"]
 log = logging.getLogger("consumer")
 
 DEFAULT_DATA_DIR = Path(".local/kafka")
+
+_COMMIT_MODES = {
+    "scrape": "offsets advance only when a /metrics response covered the events; "
+    "without a scraper nothing is committed",
+    "record": "offsets advance once events are recorded; a crash loses what no scrape saw",
+}
 
 
 def run_worker(settings: Settings, stop: threading.Event) -> int:
@@ -55,14 +61,20 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     tracker = TokenTracker(meter_provider.get_meter(METER_NAME))
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
-    ledger = OffsetLedger()
+    ledger = OffsetLedger(settings.commit_mode)
+    registry.register(LedgerCollector(ledger))
     committer = Committer(ledger, metrics)
 
     dead_letters = DeadLetterSink(
         Producer(settings.producer_config()), settings.dead_letter_topic, ledger, metrics
     )
     rebalancer = Rebalancer(
-        ledger, committer, dead_letters, metrics, health, handover_timeout_s=10.0
+        ledger,
+        committer,
+        dead_letters,
+        metrics,
+        health,
+        handover_timeout_s=settings.handover_timeout_ms / 1000,
     )
 
     def on_lag(lag: dict[tuple[str, int], int]) -> None:
@@ -70,30 +82,43 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             metrics.consumer_lag.labels(topic, str(partition)).set(value)
 
     source = KafkaSource(settings.consumer_config(), settings.topic, rebalancer, on_lag)
-    server = MetricsServer(settings.metrics_host, settings.metrics_port, registry, health)
+    server = MetricsServer(
+        settings.metrics_host,
+        settings.metrics_port,
+        registry,
+        health,
+        ScrapeAcknowledger(ledger, metrics),
+    )
     worker = Worker(
         source=source,
         recorder=Recorder(tracker),
         dead_letters=dead_letters,
         ledger=ledger,
         committer=committer,
+        rebalancer=rebalancer,
         metrics=metrics,
         health=health,
+        backpressure=Backpressure(
+            settings.max_unscraped_events, settings.max_unscraped_age_ms / 1000
+        ),
         batch_size=settings.batch_size,
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,
-        shutdown_timeout_s=10.0,
+        shutdown_timeout_s=settings.dlq_timeout_ms / 1000,
     )
     server.start()
     host, port = server.address
     log.info(
-        "consuming %s as group %s; dead letters to %s; metrics on http://%s:%d/metrics",
+        "consuming %s as group %s (%s protocol); dead letters to %s; metrics on "
+        "http://%s:%d/metrics",
         settings.topic,
         settings.group_id,
+        settings.group_protocol,
         settings.dead_letter_topic,
         host,
         port,
     )
+    log.info("commit mode %s: %s", settings.commit_mode, _COMMIT_MODES[settings.commit_mode])
     log.debug("settings: %s", settings.redacted())
     try:
         worker.run(stop)

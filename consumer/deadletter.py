@@ -7,6 +7,13 @@ Each dead letter keeps the original key, value, headers and timestamp, and adds 
     dlq.source.topic      where the message came from
     dlq.source.partition
     dlq.source.offset
+    dlq.value.truncated   "true" only when the value had to be cut (see below)
+    dlq.value.size        the original value's size in bytes, when cut
+
+A value too large for the dead-letter topic (the producer or the broker refuses it with
+MSG_SIZE_TOO_LARGE) is written again with its first `TRUNCATED_VALUE_BYTES` bytes, its original
+headers dropped: losing the tail of a message already judged invalid beats stalling the
+partition, and the source offset still points at the whole message.
 
 Its source offset is *held* in the ledger until the broker acknowledges the dead letter, so the
 partition's commit never passes a message that is neither recorded nor safely dead-lettered.
@@ -17,10 +24,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, KafkaError, Message, Producer
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 
 from consumer.commit import OffsetLedger, PartitionKey
 from consumer.metrics import WorkerMetrics
@@ -31,6 +44,7 @@ __all__ = ["DeadLetter", "DeadLetterSink"]
 log = logging.getLogger(__name__)
 
 _RETRY_BACKOFF_S = 1.0
+TRUNCATED_VALUE_BYTES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,7 @@ class DeadLetter:
     headers: list[tuple[str, str | bytes | None]]
     timestamp_ms: int
     rejection: Rejection
+    original_size: int | None = None  # set when the value was cut to fit the DLQ
 
     @classmethod
     def of(cls, message: Message, rejection: Rejection) -> DeadLetter:
@@ -66,7 +81,7 @@ class DeadLetter:
         return (self.topic, self.partition)
 
     def dlq_headers(self) -> list[tuple[str, str | bytes | None]]:
-        return [
+        headers = [
             *self.headers,
             ("dlq.reason", self.rejection.reason.value.encode()),
             ("dlq.detail", self.rejection.detail.encode("utf-8", "backslashreplace")),
@@ -74,6 +89,19 @@ class DeadLetter:
             ("dlq.source.partition", str(self.partition).encode()),
             ("dlq.source.offset", str(self.offset).encode()),
         ]
+        if self.original_size is not None:
+            headers += [
+                ("dlq.value.truncated", b"true"),
+                ("dlq.value.size", str(self.original_size).encode()),
+            ]
+        return headers
+
+    def truncated(self) -> DeadLetter:
+        """A copy small enough for any DLQ topic: value cut, original headers dropped."""
+        value = self.value or b""
+        return replace(
+            self, value=value[:TRUNCATED_VALUE_BYTES], headers=[], original_size=len(value)
+        )
 
 
 class DeadLetterSink:
@@ -119,11 +147,27 @@ class DeadLetterSink:
             except BufferError:
                 # Local queue full: serve delivery reports to make room, then try again.
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                # Refused before it was queued (too large for the producer, say): the same
+                # path as a failed delivery, never a crash.
+                self._delivered(letter, exc.args[0])
+                return
 
     def _delivered(self, letter: DeadLetter, err: KafkaError | None) -> None:
         if err is None:
             self._ledger.release(letter.source, letter.offset)
             self._metrics.dead_lettered.labels(letter.rejection.reason.value).inc()
+            return
+        if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter.original_size is None:
+            log.warning(
+                "dead letter for %s/%d@%d too large for %s (%d bytes): writing it truncated",
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                self._topic,
+                len(letter.value or b""),
+            )
+            self._produce(letter.truncated())
             return
         self._metrics.dead_letter_failures.inc()
         log.error(

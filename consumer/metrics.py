@@ -29,7 +29,12 @@ class WorkerMetrics:
     commit_failures: Counter
     assigned_partitions: Gauge
     consumer_lag: Gauge
-    committed_offset: Gauge
+    scrapes: Counter
+    backpressure: Gauge
+    pauses: Counter
+    partition_paused: Gauge
+    revocations: Counter
+    revocation_wait: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -81,16 +86,48 @@ class WorkerMetrics:
                 tp,
                 registry=registry,
             ),
-            committed_offset=Gauge(
-                p + "committed_offset",
-                "Last offset this worker committed (the next offset to read).",
-                tp,
+            scrapes=Counter(
+                p + "scrapes",
+                "/metrics responses written completely (each may let offsets advance).",
+                registry=registry,
+            ),
+            backpressure=Gauge(
+                p + "backpressure",
+                "1 while reading is paused because too many recorded events wait for a scrape.",
+                registry=registry,
+            ),
+            pauses=Counter(
+                p + "pauses",
+                "Times partitions were paused, by reason (backpressure, dead_letter).",
+                ["reason"],
+                registry=registry,
+            ),
+            partition_paused=Gauge(
+                p + "partition_paused",
+                "1 while the partition is paused, by reason.",
+                (*tp, "reason"),
+                registry=registry,
+            ),
+            revocations=Counter(
+                p + "revocations",
+                "Partitions revoked, by outcome: covered (a scrape covered them before they "
+                "were committed and released), timeout (released uncovered: the next owner "
+                "replays), lost (taken away without a hand-over).",
+                ["outcome"],
+                registry=registry,
+            ),
+            revocation_wait=Histogram(
+                p + "revocation_wait_seconds",
+                "Time a revocation waited for a scrape to cover its partitions.",
+                buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
                 registry=registry,
             ),
         )
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop per-partition series when a partition leaves, so stale values do not linger."""
-        for gauge in (self.consumer_lag, self.committed_offset):
-            with contextlib.suppress(KeyError):  # never set for this partition
-                gauge.remove(topic, str(partition))
+        with contextlib.suppress(KeyError):  # never set for this partition
+            self.consumer_lag.remove(topic, str(partition))
+        for reason in ("backpressure", "dead_letter"):
+            with contextlib.suppress(KeyError):
+                self.partition_paused.remove(topic, str(partition), reason)

@@ -26,7 +26,15 @@ _MODELS = {
     "bedrock": ["anthropic.claude-sonnet-4", "meta.llama3-70b"],
 }
 _PROVIDER_UUIDS = {name: str(uuid.uuid5(uuid.NAMESPACE_DNS, name)) for name in _MODELS}
-_SCENARIOS = ["openai", "anthropic", "claude_code"]
+# A gateway routes each provider through a few load-balancer rules and API scenarios; keeping
+# them few keeps the attribute sets at a realistic few thousand.
+_RULES = {name: ["", str(uuid.uuid5(uuid.NAMESPACE_URL, f"rule/{name}"))] for name in _MODELS}
+_SCENARIOS = {
+    "openai": ["openai"],
+    "anthropic": ["anthropic", "claude_code"],
+    "google": ["openai"],
+    "bedrock": ["anthropic"],
+}
 _TIERS = ["", "free", "pro", "enterprise"]
 _ERROR_CODES = ["rate_limited", "context_length_exceeded", "upstream_timeout", "server_error"]
 
@@ -51,7 +59,7 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             "provider_uuid": _PROVIDER_UUIDS[provider],
             "model": model,
             "request_model": model if rng.random() < 0.8 else f"{model}-latest",
-            "scenario": rng.choice(_SCENARIOS),
+            "scenario": rng.choice(_SCENARIOS[provider]),
             "status": status,
             "input_tokens": min(input_tokens, 2_000_000),
             "output_tokens": min(output_tokens, 200_000),
@@ -61,8 +69,9 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             "latency_ms": min(int(rng.lognormvariate(7.3, 1.0)), 3_600_000),
             "user_tier": rng.choice(_TIERS),
         }
-        if rng.random() < 0.2:
-            event["rule_uuid"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        rule = rng.choice(_RULES[provider])
+        if rule:
+            event["rule_uuid"] = rule
         if status == "error":
             event["error_code"] = rng.choice(_ERROR_CODES)
         yield event

@@ -1,8 +1,10 @@
 """The record stage: valid events into the TokenTracker, through the real OpenTelemetry SDK.
 
-`build_meter_provider` is the one place the SDK is configured: the Prometheus reader on the
-registry handed in, the per-metric cardinality limit, and exemplars off (this worker has no spans,
-and the trace-based filter costs time on every measurement).
+`build_meter_provider` is the one place the SDK is configured: the Prometheus reader, the
+per-metric cardinality limit, and exemplars off (this worker has no spans, and the trace-based
+filter costs time on every measurement). The reader exports onto a private registry that a
+`CardinalityCollector` on the registry handed in passes through, counting series per metric and
+flagging overflow in the same scrape (see consumer.cardinality for how the limit counts).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from collections.abc import Iterable
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics.export import CardinalityLimits
 from prometheus_client import CollectorRegistry
 
+from consumer.cardinality import CardinalityCollector
 from consumer.tracker import TokenTracker, UsageOptions
 from schemas import UsageEventV1
 
@@ -22,12 +26,20 @@ METER_NAME = "llm-usage-consumer"
 
 
 def build_meter_provider(registry: CollectorRegistry, cardinality_limit: int) -> MeterProvider:
-    """A MeterProvider whose only reader exposes the usage metrics on `registry`."""
+    """A MeterProvider whose only reader exposes the usage metrics on `registry`.
+
+    Every metric keeps its first `cardinality_limit` attribute sets; later sets fold into one
+    extra `otel_metric_overflow="true"` series, so an overflowing metric exports
+    `cardinality_limit + 1` series. `registry` also gets the series-count, overflow and
+    limit gauges of `CardinalityCollector`.
+    """
+    usage_registry = CollectorRegistry()  # private: holds the reader's collector only
+    # The tracker's instrument kinds; a new kind must be added here to be limited.
+    limits: CardinalityLimits = {Counter: cardinality_limit, Histogram: cardinality_limit}
     reader = PrometheusMetricReader(
-        disable_target_info=True,
-        registry=registry,
-        cardinality_limits={Counter: cardinality_limit, Histogram: cardinality_limit},
+        disable_target_info=True, registry=usage_registry, cardinality_limits=limits
     )
+    registry.register(CardinalityCollector(usage_registry, cardinality_limit))
     return MeterProvider(
         metric_readers=[reader],
         exemplar_filter=AlwaysOffExemplarFilter(),

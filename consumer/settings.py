@@ -41,6 +41,33 @@ _RESERVED_KAFKA_KEYS = frozenset(
 )
 
 
+# librdkafka's default; it is also the rebalance timeout a revocation must fit in.
+_MAX_POLL_INTERVAL_MS = 300_000
+# librdkafka consumer properties (CONFIGURATION.md, "C") kept out of the dead-letter producer.
+_CONSUMER_ONLY_KEYS = frozenset(
+    {
+        "auto.offset.reset",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "auto.commit.interval.ms",
+        "isolation.level",
+        "enable.partition.eof",
+        "check.crcs",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
+        "coordinator.query.interval.ms",
+        "max.partition.fetch.bytes",
+        "client.rack",
+    }
+)
+# Group settings that KIP-848 (group.protocol=consumer) moves to the broker.
+_CLASSIC_ONLY_KEYS = frozenset(
+    {"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"}
+)
+
+
 class Settings(BaseSettings):
     """Everything the worker can be told. Frozen: built once at start-up and handed down."""
 
@@ -96,6 +123,39 @@ class Settings(BaseSettings):
         le=600_000,
         description="How long the DLQ producer tries one message before reporting failure.",
     )
+    commit_mode: Literal["scrape", "record"] = Field(
+        default="scrape",
+        description=(
+            "scrape: commit an offset only once a completed /metrics response covered it "
+            "(nothing lost on a crash); record: commit once recorded (a crash loses the "
+            "increments since the last scrape)."
+        ),
+    )
+    max_unscraped_events: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Pause reading when more recorded events than this wait for a scrape.",
+    )
+    max_unscraped_age_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="Pause reading when the oldest event waiting for a scrape is this old.",
+    )
+    handover_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        description=(
+            "On revocation, how long to wait for a scrape to cover the partitions before "
+            "committing and releasing them; must stay below max.poll.interval.ms."
+        ),
+    )
+    group_protocol: Literal["classic", "consumer"] = Field(
+        default="classic",
+        description=(
+            "classic (cooperative-sticky assignment, any broker) or consumer "
+            "(KIP-848, Kafka 4.x brokers)."
+        ),
+    )
     statistics_interval_ms: int = Field(
         default=5000, ge=0, le=600_000, description="librdkafka statistics (consumer lag) period."
     )
@@ -130,6 +190,19 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.dead_letter_topic == self.topic:
             raise ValueError("dlq_topic must differ from topic")
+        poll_interval = int(self.kafka_options.get("max.poll.interval.ms", _MAX_POLL_INTERVAL_MS))
+        if self.handover_timeout_ms >= poll_interval:
+            raise ValueError(
+                f"handover_timeout_ms ({self.handover_timeout_ms}) must be below "
+                f"max.poll.interval.ms ({poll_interval}), the group's rebalance timeout"
+            )
+        if self.group_protocol == "consumer":
+            clashing = sorted(_CLASSIC_ONLY_KEYS.intersection(self.kafka_options))
+            if clashing:
+                raise ValueError(
+                    f"{', '.join(clashing)} cannot be set with group_protocol=consumer "
+                    "(KIP-848 moves them to the broker)"
+                )
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError("sasl_mechanism is required when security_protocol is SASL_*")
         return self
@@ -164,12 +237,17 @@ class Settings(BaseSettings):
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": config.get("auto.offset.reset", "earliest"),
-                "partition.assignment.strategy": config.get(
-                    "partition.assignment.strategy", "cooperative-sticky"
-                ),
+                "group.protocol": self.group_protocol,
                 "statistics.interval.ms": self.statistics_interval_ms,
             }
         )
+        # librdkafka prefetches up to 64 MiB per consumer by default; a worker that records
+        # far slower than it can fetch gains nothing from more than a few batches in hand.
+        config.setdefault("queued.max.messages.kbytes", 16_384)
+        if self.group_protocol == "classic":
+            # Cooperative: a rebalance moves only the partitions that change owner, and the
+            # others keep flowing while the moved ones are handed over.
+            config.setdefault("partition.assignment.strategy", "cooperative-sticky")
         return config
 
     def producer_config(self) -> dict[str, Any]:
@@ -178,14 +256,15 @@ class Settings(BaseSettings):
             k: v
             for k, v in self._common_kafka_config().items()
             # Consumer-only keys would make the producer warn on every start.
-            if k not in {"auto.offset.reset", "partition.assignment.strategy", "group.protocol"}
+            if k not in _CONSUMER_ONLY_KEYS and not k.startswith(("fetch.", "group."))
         }
+        config.setdefault("linger.ms", 5)
+        # A dead letter counts as delivered only once every in-sync replica has it.
         config.update(
             {
                 "acks": "all",
                 "enable.idempotence": True,
                 "message.timeout.ms": self.dlq_timeout_ms,
-                "linger.ms": 5,
             }
         )
         return config

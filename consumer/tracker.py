@@ -3,7 +3,7 @@
 :class:`TokenTracker` records one LLM gateway request (:class:`UsageOptions`) as OpenTelemetry
 metrics. Every instrument name, kind, unit, description, attribute key and recording rule is the
 same as in the original package, so dashboards built for the gateway work unchanged on what this
-project exports (see ``/work/shared/reference/tracker-semantics.md``).
+project exports (the rules are restated in the README, "Metrics exported").
 
 Two entry points:
 

@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumer import broker
+from tests.harness import WorkerProcess
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +69,12 @@ def topic_factory(admin: AdminClient, request: pytest.FixtureRequest) -> TopicFa
 @pytest.fixture
 def group_id() -> str:
     return f"group-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_workers() -> Iterator[None]:
+    """Kill any worker subprocess a test left running (a failed assertion skips its stop())."""
+    before = set(WorkerProcess.running)
+    yield
+    for worker in set(WorkerProcess.running) - before:
+        worker.kill()

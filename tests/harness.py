@@ -18,7 +18,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -122,6 +122,8 @@ def usage_series(series: Series) -> Series:
 class WorkerProcess:
     """`python -m consumer run` as a subprocess, with its log kept in a file."""
 
+    running: ClassVar[set[WorkerProcess]] = set()  # started and not yet stopped
+
     def __init__(
         self,
         bootstrap: str,
@@ -160,6 +162,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env
         )
+        WorkerProcess.running.add(self)
         return self
 
     @property
@@ -196,6 +199,7 @@ class WorkerProcess:
         raise AssertionError(f"worker not {what} after {timeout}s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send `sig` (SIGKILL for kill -9) and wait for the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -203,6 +207,10 @@ class WorkerProcess:
             return self.proc.wait(timeout)
         finally:
             self._log.close()
+            WorkerProcess.running.discard(self)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL, 10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:]

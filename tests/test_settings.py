@@ -71,6 +71,16 @@ def test_settings_are_frozen() -> None:
         ({"dlq_topic": "same", "topic": "same"}, "dlq_topic must differ"),
         ({"security_protocol": "SASL_SSL"}, "sasl_mechanism"),
         ({"nonsense": "1"}, "nonsense"),
+        ({"commit_mode": "eventually"}, "--commit-mode"),
+        ({"handover_timeout_ms": "300000"}, "max.poll.interval.ms"),
+        (
+            {"handover_timeout_ms": "20000", "kafka_options": {"max.poll.interval.ms": "10000"}},
+            "handover_timeout_ms (20000) must be below max.poll.interval.ms (10000)",
+        ),
+        (
+            {"group_protocol": "consumer", "kafka_options": {"session.timeout.ms": "6000"}},
+            "session.timeout.ms cannot be set with group_protocol=consumer",
+        ),
     ],
 )
 def test_bad_setting_is_named(overrides: dict[str, object], named: str) -> None:
@@ -111,3 +121,27 @@ def test_bad_setting_stops_start_up_with_its_name() -> None:
     assert "USAGE_CONSUMER_METRICS_PORT" in result.stderr
     assert "--metrics-port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_commit_mode_defaults_to_scrape_and_classic_cooperative_groups() -> None:
+    settings = load_settings()
+    assert settings.commit_mode == "scrape"
+    assert settings.group_protocol == "classic"
+    assert settings.consumer_config()["group.protocol"] == "classic"
+
+
+def test_kip_848_groups_leave_assignment_to_the_broker() -> None:
+    config = load_settings({"group_protocol": "consumer"}).consumer_config()
+    assert config["group.protocol"] == "consumer"
+    assert "partition.assignment.strategy" not in config
+
+
+def test_consumer_only_options_stay_out_of_the_dead_letter_producer() -> None:
+    settings = load_settings(
+        {"kafka_options": {"session.timeout.ms": "6000", "fetch.min.bytes": "1", "linger.ms": "9"}}
+    )
+    producer = settings.producer_config()
+    assert "session.timeout.ms" not in producer
+    assert "fetch.min.bytes" not in producer
+    assert producer["linger.ms"] == "9"  # shared options still apply
+    assert settings.consumer_config()["session.timeout.ms"] == "6000"

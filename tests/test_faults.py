@@ -1,0 +1,471 @@
+"""The fault suite: real broker, real worker processes, a Prometheus-like scraper, real faults.
+
+For each scenario: events produced, lost (must be 0), duplicated (measured), time to recover.
+`make test` runs the quick profile; `make chaos` runs the soak profile (more kills, more events)
+and writes its figures to docs/chaos-results.{md,json}. See tests/faults.py for the ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from consumer import broker
+from tests.conftest import TopicFactory
+from tests.faults import (
+    FAST_CLASSIC_GROUP,
+    Outcome,
+    Scraper,
+    StreamProducer,
+    committed_offsets,
+    compare,
+    end_offsets,
+    expected_from,
+    wait_until,
+    write_report,
+)
+from tests.harness import WorkerProcess, total
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+@dataclass(frozen=True)
+class Profile:
+    rate: float  # events per second while faults happen
+    kills: int  # kill -9 in scenario 1
+    terms: int  # SIGTERM restarts in scenario 2
+    churn: int  # membership changes in scenario 3
+    window_kills: int  # scrape-then-kill in scenario 7
+
+
+PROFILES = {
+    "quick": Profile(rate=800, kills=10, terms=3, churn=3, window_kills=3),
+    "soak": Profile(rate=3000, kills=40, terms=12, churn=12, window_kills=10),
+}
+PROFILE_NAME = os.environ.get("USAGE_CONSUMER_CHAOS_PROFILE", "quick")
+PROFILE = PROFILES[PROFILE_NAME]
+REPORT = Path(os.environ.get("USAGE_CONSUMER_CHAOS_REPORT", f".local/chaos/{PROFILE_NAME}"))
+OUTCOMES: list[Outcome] = []
+
+WORKER_ARGS = ("--batch-size", "500", "--batch-wait-ms", "100")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
+    if OUTCOMES:
+        header = (
+            f"# Fault suite ({PROFILE_NAME} profile)\n\n"
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
+            f"{os.cpu_count()} CPUs, Kafka {broker.KAFKA_VERSION}. Lost must be 0 everywhere; "
+            "duplicated is measured (only scenarios 1, 4 and 7 may duplicate)."
+        )
+        write_report(OUTCOMES, REPORT, header)
+
+
+@pytest.fixture
+def scraper() -> Iterator[Scraper]:
+    s = Scraper(interval=0.5)
+    s.start()
+    yield s
+    s.stop()
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def spawn(
+    kafka_bootstrap: str, group_id: str, tmp_path: Path, scraper: Scraper
+) -> Callable[..., WorkerProcess]:
+    def start(topic: str, *extra: str, bootstrap: str | None = None) -> WorkerProcess:
+        group = () if "consumer" in extra else FAST_CLASSIC_GROUP
+        worker = WorkerProcess(
+            bootstrap or kafka_bootstrap, topic, group_id, tmp_path, *WORKER_ARGS, *group, *extra
+        )
+        return scraper.watch(worker.start())
+
+    return start
+
+
+def _finish(
+    name: str,
+    bootstrap: str,
+    group: str,
+    topic: str,
+    partitions: int,
+    producer: StreamProducer,
+    scraper: Scraper,
+    fault_end: float,
+    notes: str = "",
+) -> Outcome:
+    """Wait until every event is visible and committed, then measure against the truth."""
+    producer.join(300)
+    assert not producer.is_alive()
+    assert producer.failed == 0
+    expected = expected_from(producer)
+    wait_until(
+        lambda: (
+            compare(expected, scraper.combined())[0] == 0
+            and compare(expected, scraper.combined())[2] == 0
+        ),
+        180,
+        "every produced event to be visible in a scrape",
+    )
+    recovery = time.monotonic() - fault_end
+    ends = end_offsets(bootstrap, topic, partitions)
+    wait_until(
+        lambda: committed_offsets(bootstrap, group, topic, partitions) == ends,
+        60,
+        "the group to commit every partition to its end",
+    )
+    lost, dup, lost_series = compare(expected, scraper.combined())
+    outcome = Outcome(
+        scenario=name,
+        produced=len(producer.delivered),
+        lost=lost,
+        duplicated=dup,
+        lost_series=lost_series,
+        recovery_s=round(recovery, 1),
+        incarnations=len(scraper.incarnations),
+        notes=notes,
+    )
+    OUTCOMES.append(outcome)
+    return outcome
+
+
+def _stop_all(scraper: Scraper) -> None:
+    for inc in scraper.incarnations:
+        proc = inc.worker.proc
+        if proc is not None and proc.poll() is None:
+            assert inc.worker.stop(signal.SIGTERM) == 0, inc.worker.log()
+
+
+def _count(seconds: float) -> int:
+    return int(PROFILE.rate * seconds)
+
+
+def test_1_kill_9_at_random_moments(
+    kafka_bootstrap: str,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+) -> None:
+    rng = random.Random(1)
+    topic = topic_factory(6)
+    producer = StreamProducer(
+        kafka_bootstrap, topic, _count(3 + 4.5 * PROFILE.kills), PROFILE.rate, 1
+    )
+    worker = spawn(topic)
+    producer.start()
+    for _ in range(PROFILE.kills):
+        worker.wait_ready(60)
+        time.sleep(rng.uniform(0.2, 2.5))
+        worker.kill()
+        worker = spawn(topic)
+    fault_end = time.monotonic()
+    outcome = _finish(
+        f"1. kill -9 x{PROFILE.kills}",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        6,
+        producer,
+        scraper,
+        fault_end,
+        "duplicates: what was scraped but not yet committed at each kill",
+    )
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_2_sigterm_and_restart_duplicates_nothing(
+    kafka_bootstrap: str,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+    protocol: str,
+) -> None:
+    rng = random.Random(2)
+    topic = topic_factory(6)
+    producer = StreamProducer(
+        kafka_bootstrap, topic, _count(3 + 4 * PROFILE.terms), PROFILE.rate, 2
+    )
+    args = ("--group-protocol", protocol)
+    worker = spawn(topic, *args)
+    producer.start()
+    for _ in range(PROFILE.terms):
+        worker.wait_ready(60)
+        time.sleep(rng.uniform(0.5, 2.0))
+        assert worker.stop(signal.SIGTERM) == 0, worker.log()
+        assert "handed over" in worker.log()
+        worker = spawn(topic, *args)
+    fault_end = time.monotonic()
+    outcome = _finish(
+        f"2. SIGTERM + restart x{PROFILE.terms} ({protocol})",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        6,
+        producer,
+        scraper,
+        fault_end,
+    )
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+    assert outcome.duplicated == 0
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_3_three_workers_join_and_leave_while_events_flow(
+    kafka_bootstrap: str,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+    protocol: str,
+) -> None:
+    rng = random.Random(3)
+    topic = topic_factory(12)
+    producer = StreamProducer(
+        kafka_bootstrap, topic, _count(6 + 4 * PROFILE.churn), PROFILE.rate, 3
+    )
+    args = ("--group-protocol", protocol)
+    members = [spawn(topic, *args)]
+    producer.start()
+    members[0].wait_ready(60)
+    members.append(spawn(topic, *args))
+    members.append(spawn(topic, *args))
+    for _ in range(PROFILE.churn):
+        time.sleep(rng.uniform(2.0, 4.0))
+        leaving = members.pop(rng.randrange(len(members)))
+        assert leaving.stop(signal.SIGTERM) == 0, leaving.log()
+        time.sleep(rng.uniform(0.5, 2.0))
+        members.append(spawn(topic, *args))
+    fault_end = time.monotonic()
+    outcome = _finish(
+        f"3. 3 workers, 12 partitions, {PROFILE.churn} leave+join ({protocol})",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        12,
+        producer,
+        scraper,
+        fault_end,
+    )
+    timeouts = sum(
+        total(inc.last, "usage_consumer_revocations_total", outcome="timeout")
+        for inc in scraper.incarnations
+    )
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+    assert timeouts == 0
+    assert outcome.duplicated == 0
+
+
+def test_4_broker_down_for_20_seconds(
+    tmp_path: Path, group_id: str, spawn: WorkerFactory, scraper: Scraper
+) -> None:
+    data_dir = tmp_path / "own-broker"
+    info = broker.start_broker(data_dir)
+    try:
+        admin = AdminClient({"bootstrap.servers": info.bootstrap})
+        topic = "broker-outage"
+        for future in admin.create_topics(
+            [NewTopic(topic, 6, 1), NewTopic(f"{topic}.dlq", 1, 1)]
+        ).values():
+            future.result(30)
+        producer = StreamProducer(info.bootstrap, topic, _count(30), PROFILE.rate, 4)
+        worker = spawn(topic, bootstrap=info.bootstrap)
+        producer.start()
+        worker.wait_ready(60)
+        time.sleep(3)
+        broker.stop_broker(data_dir)
+        time.sleep(20)
+        assert worker.get("/healthz")[0] == 200  # the worker rides it out, still serving
+        broker.start_broker(data_dir)
+        fault_end = time.monotonic()
+        outcome = _finish(
+            "4. broker stopped 20 s",
+            info.bootstrap,
+            group_id,
+            topic,
+            6,
+            producer,
+            scraper,
+            fault_end,
+        )
+        _stop_all(scraper)
+    finally:
+        broker.stop_broker(data_dir)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+
+
+def test_5_dead_letter_topic_unwritable(
+    kafka_bootstrap: str,
+    admin: AdminClient,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+) -> None:
+    topic = topic_factory(3)
+    dlq = f"{topic}.dlq"
+    producer = StreamProducer(kafka_bootstrap, topic, _count(12), PROFILE.rate, 5)
+    # One invalid message after every 50 valid ones (StreamProducer), 150 in all.
+    producer.extra = [
+        (b'{"schema_version": 1, "broken": %d}' % n, "schema_violation") for n in range(150)
+    ]
+    worker = spawn(topic, "--dlq-timeout-ms", "2000")
+    worker.wait_ready(60)
+    admin.delete_topics([dlq])[dlq].result(30)
+    producer.start()
+    worker.wait_for(
+        lambda: worker.get("/readyz")[0] == 503 and "failing" in worker.get("/readyz")[1],
+        60,
+        "to report the failing dead-letter topic in /readyz",
+    )
+    assert worker.get("/healthz")[0] == 200
+    scraped = worker.scrape()
+    failures = total(scraped, "usage_consumer_dead_letter_failures_total")
+    assert failures > 0
+    held = {
+        int(dict(labels)["partition"])
+        for (name, labels), value in scraped.items()
+        if name == "usage_consumer_partition_held_dead_letters" and value > 0
+    }
+    assert held
+    before = committed_offsets(kafka_bootstrap, group_id, topic, 3)
+    time.sleep(3)  # scrapes go on, but a held partition must not advance
+    worker.scrape()
+    after = committed_offsets(kafka_bootstrap, group_id, topic, 3)
+    assert {p: after[p] for p in held} == {p: before[p] for p in held}
+    for future in admin.create_topics([NewTopic(dlq, 1, 1)]).values():
+        future.result(30)
+    fault_end = time.monotonic()
+    worker.wait_for(lambda: worker.get("/readyz")[0] == 200, 90, "ready again")
+    outcome = _finish(
+        "5. DLQ topic deleted, then restored",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        3,
+        producer,
+        scraper,
+        fault_end,
+        f"{int(failures)} failed DLQ writes retried",
+    )
+    dead = total(worker.scrape(), "usage_consumer_dead_letters_total")
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+    assert outcome.duplicated == 0
+    assert producer.invalid_delivered == len(producer.extra)
+    assert dead >= len(producer.extra)  # each at least once, despite the failed writes
+
+
+def test_6_no_scraper_pauses_at_the_bound_then_drains(
+    kafka_bootstrap: str,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+) -> None:
+    bound, batch = 3000, 500
+    topic = topic_factory(3)
+    producer = StreamProducer(kafka_bootstrap, topic, _count(8), PROFILE.rate, 6)
+    scraper.enabled.clear()
+    worker = spawn(topic, "--max-unscraped-events", str(bound))
+    producer.start()
+    worker.wait_for(
+        lambda: "backpressure" in worker.get("/readyz")[1], 60, "to pause for backpressure"
+    )
+    time.sleep(2)  # paused: the count must stay at the bound
+    first = worker.scrape()  # this scrape ends the pause
+    seen = total(first, "llm_request_count_total")
+    assert bound <= seen <= bound + batch
+    assert total(first, "usage_consumer_backpressure") == 1
+    scraper.enabled.set()
+    fault_end = time.monotonic()
+    outcome = _finish(
+        "6. no scraper, then scrapes resume",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        3,
+        producer,
+        scraper,
+        fault_end,
+        f"paused at {int(seen)} unscraped events (bound {bound})",
+    )
+    last = worker.scrape()
+    assert total(last, "usage_consumer_pauses_total", reason="backpressure") >= 1
+    assert total(last, "usage_consumer_backpressure") == 0
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+    assert outcome.duplicated == 0
+
+
+def test_7_killed_between_a_scrape_and_its_commit(
+    kafka_bootstrap: str,
+    group_id: str,
+    topic_factory: TopicFactory,
+    spawn: WorkerFactory,
+    scraper: Scraper,
+) -> None:
+    """The one window that may duplicate: bounded by what that one scrape covered."""
+    rate = 300.0
+    topic = topic_factory(3)
+    producer = StreamProducer(
+        kafka_bootstrap, topic, int(rate * (4 + 6 * PROFILE.window_kills)), rate, 7
+    )
+    scraper.enabled.clear()  # this test scrapes by hand
+    # Batches close by time (2 s), so a commit follows a scrape only after up to 2 s.
+    args = ("--batch-size", "100000", "--batch-wait-ms", "2000")
+    worker = spawn(topic, *args)
+    producer.start()
+    bound = 0.0
+    for _ in range(PROFILE.window_kills):
+        worker.wait_ready(60)
+        time.sleep(1.0)
+        scraper.scrape_all()
+        before = total(scraper.incarnations[-1].last, "llm_request_count_total")
+        time.sleep(3.0)  # > one batch wait: that scrape's offsets were committed meanwhile
+        scraper.scrape_all()
+        worker.kill()  # right after the response, before the commit
+        bound += total(scraper.incarnations[-1].last, "llm_request_count_total") - before
+        worker = spawn(topic, *args)
+    fault_end = time.monotonic()
+    scraper.enabled.set()
+    outcome = _finish(
+        f"7. kill -9 right after a scrape x{PROFILE.window_kills}",
+        kafka_bootstrap,
+        group_id,
+        topic,
+        3,
+        producer,
+        scraper,
+        fault_end,
+        f"bound: the events those scrapes covered = {int(bound)}",
+    )
+    _stop_all(scraper)
+    assert outcome.lost == 0
+    assert outcome.lost_series == 0
+    assert outcome.duplicated <= bound
