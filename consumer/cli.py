@@ -58,7 +58,9 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
     registry = CollectorRegistry(auto_describe=True)
     meter_provider = build_meter_provider(registry, settings.cardinality_limit)
-    tracker = TokenTracker(meter_provider.get_meter(METER_NAME))
+    tracker = TokenTracker(
+        meter_provider.get_meter(METER_NAME), remembered_sets=settings.cardinality_limit
+    )
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)

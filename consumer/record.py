@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics.export import CardinalityLimits
 from prometheus_client import CollectorRegistry
 
 from consumer.cardinality import CardinalityCollector
-from consumer.tracker import TokenTracker, UsageOptions
+from consumer.tracker import TokenTracker, UsageLike, UsageOptions
 from schemas import UsageEventV1
 
 __all__ = ["METER_NAME", "Recorder", "build_meter_provider", "to_options"]
@@ -71,6 +71,10 @@ class Recorder:
     def __init__(self, tracker: TokenTracker) -> None:
         self._tracker = tracker
 
-    def record(self, events: Iterable[UsageEventV1]) -> int:
-        """One `record_batch` call per batch; returns how many events were recorded."""
-        return self._tracker.record_batch(to_options(e) for e in events)
+    def record(self, events: Iterable[UsageLike]) -> int:
+        """One `record_batch` call per batch; returns how many events were recorded.
+
+        Events go in as decoded: they carry UsageOptions' fields (see UsageLike), and copying
+        each into a UsageOptions would cost more than recording it.
+        """
+        return self._tracker.record_batch(events)

@@ -21,10 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, Protocol, TypeAlias, cast
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 from opentelemetry.util.types import AttributeValue
+
+from consumer._otel_fastpath import (
+    Aggregations,
+    add_to_sums,
+    merge_into_histograms,
+    resolve,
+    usable,
+)
 
 __all__ = [
     "ATTR_ERROR_CODE",
@@ -54,6 +62,7 @@ __all__ = [
     "TOKEN_TYPE_CACHE",
     "TOKEN_TYPE_SYSTEM",
     "TokenTracker",
+    "UsageLike",
     "UsageOptions",
     "truncate_utf8",
 ]
@@ -203,6 +212,44 @@ class UsageOptions:
     """A low-cardinality class for enterprise observability."""
 
 
+class UsageLike(Protocol):
+    """Anything with UsageOptions' fields: record_batch reads them, never copies the object.
+
+    A validated event (schemas.UsageEventV1) qualifies, so the worker records events as decoded.
+    """
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def provider_uuid(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def request_model(self) -> str: ...
+    @property
+    def rule_uuid(self) -> str: ...
+    @property
+    def scenario(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_input_tokens(self) -> int: ...
+    @property
+    def system_tokens(self) -> int: ...
+    @property
+    def streamed(self) -> bool: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error_code(self) -> str: ...
+    @property
+    def latency_ms(self) -> int: ...
+    @property
+    def user_tier(self) -> str: ...
+
+
 _Attributes: TypeAlias = dict[str, AttributeValue]
 # The fields that determine a request's attribute set, error code already truncated:
 # (provider, provider_uuid, model, request_model, rule_uuid, scenario, streamed, status,
@@ -223,6 +270,12 @@ def _attr_key(opts: UsageOptions) -> _AttrKey:
         truncate_utf8(opts.error_code, MAX_ERROR_CODE_BYTES),
         opts.user_tier,
     )
+
+
+def _canonical_key(raw: _AttrKey) -> _AttrKey:
+    """`raw` with its error code cut as an attribute value is."""
+    error_code = truncate_utf8(raw[8], MAX_ERROR_CODE_BYTES)
+    return raw if error_code == raw[8] else (*raw[:8], error_code, raw[9])
 
 
 def _build_attributes(key: _AttrKey) -> _Attributes:
@@ -275,27 +328,39 @@ _SYSTEM: Final = 4
 _REQUESTS: Final = 5
 _DURATION: Final = 6
 _ERRORS: Final = 7
+_SLOTS: Final = 8
+
+#: Attribute sets whose resolved aggregations record_batch remembers, by default. Past it, new
+#: sets are recorded through the public API (correct, slower): a flood of distinct names must
+#: not grow memory here either. Set it to the SDK's cardinality limit, beyond which every new
+#: set lands in the overflow series anyway.
+DEFAULT_REMEMBERED_SETS: Final = 10_000
 
 
 class TokenTracker:
     """Records LLM token usage through OpenTelemetry metrics instruments.
 
-    The eight instruments are created once from the meter handed in. Instances are safe to share
-    between threads: all state lives in the SDK, which locks per aggregation.
+    The eight instruments are created once from the meter handed in. ``record_usage`` may be
+    called from any thread (all its state lives in the SDK, which locks per aggregation);
+    ``record_batch`` keeps a cache of resolved series and belongs to one thread.
     """
 
     __slots__ = (
         "_cache_input_tokens",
+        "_fast",
         "_input_tokens",
+        "_instruments",
         "_output_tokens",
+        "_remembered_sets",
         "_request_count",
         "_request_duration",
         "_request_errors",
+        "_states",
         "_system_tokens",
         "_total_tokens",
     )
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, *, remembered_sets: int = DEFAULT_REMEMBERED_SETS) -> None:
         self._input_tokens: Counter = meter.create_counter(
             METRIC_INPUT_TOKENS, unit="{token}", description="LLM input/prompt token usage"
         )
@@ -329,6 +394,19 @@ class TokenTracker:
         self._request_errors: Counter = meter.create_counter(
             METRIC_REQUEST_ERRORS, unit="{error}", description="Number of LLM request errors"
         )
+        self._instruments: tuple[Counter | Histogram, ...] = (
+            self._input_tokens,
+            self._output_tokens,
+            self._total_tokens,
+            self._cache_input_tokens,
+            self._system_tokens,
+            self._request_count,
+            self._request_duration,
+            self._request_errors,
+        )
+        self._fast = all(usable(instrument) for instrument in self._instruments)
+        self._states: dict[_AttrKey, _SeriesState] = {}
+        self._remembered_sets = remembered_sets
 
     def record_usage(self, opts: UsageOptions) -> None:
         """Record the token usage of one request (the Go ``RecordUsage``)."""
@@ -354,40 +432,28 @@ class TokenTracker:
         if opts.status == STATUS_ERROR:
             self._request_errors.add(1, attrs)
 
-    def record_batch(self, opts: Iterable[UsageOptions]) -> int:
+    def record_batch(self, opts: Iterable[UsageLike]) -> int:
         """Record many requests; return how many were recorded.
 
         The result is exactly what calling :meth:`record_usage` on each request in order would
-        produce: the same series with the same sums, the same histogram data, and - because each
-        counter's attribute sets are first added in the order the per-event path would first
-        have added them - the same series winning the SDK's cardinality-limit slots (and the same
-        overflow series). Counters are added once per attribute set, only where the per-event
-        path would have added at all (never a 0); the histogram has no public batch API and is
-        recorded per event, in event order, with the same float values. Instruments are flushed
-        in the order the per-event path would first have used them, so even the order of the
-        metrics in an export (and so the Prometheus exposition text) is the same.
+        produce: the same series with the same sums, the same histogram data (count, sum, min,
+        max, buckets), the same series winning the SDK's cardinality-limit slots, and the same
+        order of metrics in an export.
+
+        How: counters are summed per attribute set over the batch; latencies are grouped per
+        set. The first measurement of every (instrument, attribute set) goes through the public
+        API, in the order per-event recording would first have made it, so series are created
+        (or overflow) exactly as they would be. Later values go straight into the aggregation
+        object that first measurement landed in (consumer._otel_fastpath), when that path is
+        verified for the SDK in use; otherwise every add and record stays public.
 
         ``opts`` is consumed completely before anything is recorded, so if iterating it raises,
-        nothing of that batch reaches the instruments (no partial batch to double-count when it
-        is redelivered).
+        nothing of that batch reaches the instruments.
         """
-        # Raw key -> (canonical key, shared attribute dict). Two raw keys whose error codes
-        # truncate to the same prefix share one canonical key, hence one series and one add.
-        seen: dict[_AttrKey, tuple[_AttrKey, _Attributes]] = {}
-        canonical: dict[_AttrKey, _Attributes] = {}
-        # One ordered dict per counter, so each keeps its own first-add order.
-        input_sums: dict[_AttrKey, int] = {}
-        output_sums: dict[_AttrKey, int] = {}
-        total_sums: dict[_AttrKey, int] = {}
-        cache_sums: dict[_AttrKey, int] = {}
-        system_sums: dict[_AttrKey, int] = {}
-        request_counts: dict[_AttrKey, int] = {}
-        error_counts: dict[_AttrKey, int] = {}
-        durations: list[tuple[float, _Attributes]] = []
-        # Instruments in the order the per-event path would first use them (the SDK creates a
-        # metric stream on its first measurement, and exports streams in creation order).
-        first_used: list[int] = []
-
+        batch: dict[_AttrKey, _Pending] = {}
+        # (instrument slot, pending set) for every first use of a not-yet-resolved pair, in the
+        # order record_usage would have made them.
+        first_uses: list[tuple[int, _Pending]] = []
         count = 0
         for o in opts:
             count += 1
@@ -403,84 +469,117 @@ class TokenTracker:
                 o.error_code,
                 o.user_tier,
             )
-            entry = seen.get(raw)
-            if entry is None:
-                key = _attr_key(o)
-                attrs = canonical.get(key)
-                if attrs is None:
-                    attrs = _build_attributes(key)
-                    canonical[key] = attrs
-                entry = (key, attrs)
-                seen[raw] = entry
-            key, attrs = entry
-
+            pending = batch.get(raw)
+            if pending is None:
+                pending = batch[raw] = _Pending(self._series_state(raw))
+            sums = pending.sums
+            unresolved = pending.state.unresolved
             # Same conditions, same order as record_usage.
             input_tokens = o.input_tokens
             output_tokens = o.output_tokens
             total = input_tokens + output_tokens
             if input_tokens > 0:
-                if not input_sums:
-                    first_used.append(_INPUT)
-                input_sums[key] = input_sums.get(key, 0) + input_tokens
+                if not sums[_INPUT] and unresolved[_INPUT]:
+                    first_uses.append((_INPUT, pending))
+                sums[_INPUT] += input_tokens
             if output_tokens > 0:
-                if not output_sums:
-                    first_used.append(_OUTPUT)
-                output_sums[key] = output_sums.get(key, 0) + output_tokens
+                if not sums[_OUTPUT] and unresolved[_OUTPUT]:
+                    first_uses.append((_OUTPUT, pending))
+                sums[_OUTPUT] += output_tokens
             if total > 0:
-                if not total_sums:
-                    first_used.append(_TOTAL)
-                total_sums[key] = total_sums.get(key, 0) + total
+                if not sums[_TOTAL] and unresolved[_TOTAL]:
+                    first_uses.append((_TOTAL, pending))
+                sums[_TOTAL] += total
             if o.cache_input_tokens > 0:
-                if not cache_sums:
-                    first_used.append(_CACHE)
-                cache_sums[key] = cache_sums.get(key, 0) + o.cache_input_tokens
+                if not sums[_CACHE] and unresolved[_CACHE]:
+                    first_uses.append((_CACHE, pending))
+                sums[_CACHE] += o.cache_input_tokens
             if o.system_tokens > 0:
-                if not system_sums:
-                    first_used.append(_SYSTEM)
-                system_sums[key] = system_sums.get(key, 0) + o.system_tokens
-            if not request_counts:
-                first_used.append(_REQUESTS)
-            request_counts[key] = request_counts.get(key, 0) + 1
+                if not sums[_SYSTEM] and unresolved[_SYSTEM]:
+                    first_uses.append((_SYSTEM, pending))
+                sums[_SYSTEM] += o.system_tokens
+            if not sums[_REQUESTS] and unresolved[_REQUESTS]:
+                first_uses.append((_REQUESTS, pending))
+            sums[_REQUESTS] += 1
             if o.latency_ms > 0:
-                if not durations:
-                    first_used.append(_DURATION)
-                durations.append((float(o.latency_ms), attrs))
+                if not pending.latencies and unresolved[_DURATION]:
+                    first_uses.append((_DURATION, pending))
+                pending.latencies.append(float(o.latency_ms))
             if o.status == STATUS_ERROR:
-                if not error_counts:
-                    first_used.append(_ERRORS)
-                error_counts[key] = error_counts.get(key, 0) + 1
+                if not sums[_ERRORS] and unresolved[_ERRORS]:
+                    first_uses.append((_ERRORS, pending))
+                sums[_ERRORS] += 1
 
-        for instrument in first_used:
-            if instrument == _DURATION:
-                record = self._request_duration.record
-                for latency, attrs in durations:
-                    record(latency, attrs)
-            elif instrument == _CACHE:
-                self._add_sums(self._cache_input_tokens, cache_sums, canonical, TOKEN_TYPE_CACHE)
-            elif instrument == _SYSTEM:
-                self._add_sums(self._system_tokens, system_sums, canonical, TOKEN_TYPE_SYSTEM)
+        instruments = self._instruments
+        # Public first measurements, in per-event order: they create (or overflow) the series.
+        for slot, pending in first_uses:
+            state = pending.state
+            instrument = instruments[slot]
+            attrs = state.attributes[slot]
+            if slot == _DURATION:
+                latencies = pending.latencies
+                self._request_duration.record(latencies[0], attrs)
+                rest = latencies[1:]
+                aggregations = state.resolve(slot, instrument)
+                if aggregations is not None and rest:
+                    merge_into_histograms(aggregations, rest)
+                else:
+                    for latency in rest:
+                        self._request_duration.record(latency, attrs)
+                pending.latencies = []
             else:
-                counter, sums = {
-                    _INPUT: (self._input_tokens, input_sums),
-                    _OUTPUT: (self._output_tokens, output_sums),
-                    _TOTAL: (self._total_tokens, total_sums),
-                    _REQUESTS: (self._request_count, request_counts),
-                    _ERRORS: (self._request_errors, error_counts),
-                }[instrument]
-                self._add_sums(counter, sums, canonical, None)
+                cast(Counter, instrument).add(pending.sums[slot], attrs)
+                state.resolve(slot, instrument)
+                pending.sums[slot] = 0
+        # Everything else lands in aggregations already resolved.
+        for pending in batch.values():
+            aggregations_of = pending.state.aggregations
+            for slot, amount in enumerate(pending.sums):
+                if amount:
+                    add_to_sums(aggregations_of[slot], amount)  # type: ignore[arg-type]
+            if pending.latencies:
+                merge_into_histograms(aggregations_of[_DURATION], pending.latencies)  # type: ignore[arg-type]
         return count
 
-    @staticmethod
-    def _add_sums(
-        counter: Counter,
-        sums: dict[_AttrKey, int],
-        canonical: dict[_AttrKey, _Attributes],
-        token_type: str | None,
-    ) -> None:
-        add = counter.add
-        if token_type is None:
-            for key, value in sums.items():
-                add(value, canonical[key])
-        else:
-            for key, value in sums.items():
-                add(value, _with_token_type(canonical[key], token_type))
+    def _series_state(self, raw: _AttrKey) -> _SeriesState:
+        state = self._states.get(raw)
+        if state is None:
+            state = _SeriesState(_build_attributes(_canonical_key(raw)), self._fast)
+            # Bounded: past the limit, new sets are simply not remembered (and stay public).
+            if len(self._states) < self._remembered_sets:
+                self._states[raw] = state
+        return state
+
+
+class _SeriesState:
+    """What the tracker remembers of one attribute set across batches."""
+
+    __slots__ = ("aggregations", "attributes", "fast", "unresolved")
+
+    def __init__(self, attrs: _Attributes, fast: bool) -> None:
+        cache = _with_token_type(attrs, TOKEN_TYPE_CACHE)
+        system = _with_token_type(attrs, TOKEN_TYPE_SYSTEM)
+        self.attributes = (attrs, attrs, attrs, cache, system, attrs, attrs, attrs)
+        self.aggregations: list[Aggregations | None] = [None] * _SLOTS
+        self.unresolved = [True] * _SLOTS
+        self.fast = fast
+
+    def resolve(self, slot: int, instrument: Counter | Histogram) -> Aggregations | None:
+        if not self.fast:
+            return None
+        found = resolve(instrument, self.attributes[slot])
+        if found is not None:
+            self.aggregations[slot] = found
+            self.unresolved[slot] = False
+        return found
+
+
+class _Pending:
+    """One attribute set's share of one batch."""
+
+    __slots__ = ("latencies", "state", "sums")
+
+    def __init__(self, state: _SeriesState) -> None:
+        self.state = state
+        self.sums = [0] * _SLOTS  # _DURATION's slot stays 0: latencies are kept one by one
+        self.latencies: list[float] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.metadata
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,9 @@ from opentelemetry.sdk.metrics.view import View
 from prometheus_client import CollectorRegistry, generate_latest
 
 from consumer import tracker as tracker_module
+from consumer._otel_fastpath import VERIFIED_SDK_VERSIONS
+from consumer.produce import synthetic_events
+from consumer.record import build_meter_provider, to_options
 from consumer.tracker import (
     DURATION_BUCKETS_MS,
     MAX_ERROR_CODE_BYTES,
@@ -41,6 +45,7 @@ from consumer.tracker import (
     UsageOptions,
     truncate_utf8,
 )
+from schemas import UsageEventV1
 
 # The contract, written out independently of the module's constants.
 COUNTERS = {
@@ -243,6 +248,7 @@ def test_tracker_module_imports_only_the_api() -> None:
             imported += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             imported.append(node.module or "")
+    # SDK internals are confined to consumer._otel_fastpath, used only where verified.
     assert not [m for m in imported if m.startswith("opentelemetry.sdk")]
     assert "opentelemetry.metrics" in imported
 
@@ -570,22 +576,25 @@ def test_record_batch_adds_once_per_attribute_set_and_reuses_attribute_dicts() -
     t = TokenTracker(SpyMeter("spy"))
     events = [opts(input_tokens=2, latency_ms=5, provider=p) for p in "abab"] + [opts(provider="c")]
     assert t.record_batch(events) == 5
-    adds = [(n, v) for n, v, _ in calls]
-    # Instruments in the order record_usage first uses them; one add per attribute set; the
-    # histogram once per event with a positive latency.
-    assert adds == [
-        ("llm.token.usage.input", 4),
-        ("llm.token.usage.input", 4),
-        ("llm.token.total", 4),
-        ("llm.token.total", 4),
-        ("llm.request.count", 2),
-        ("llm.request.count", 2),
-        ("llm.request.count", 1),
-        ("llm.request.duration", 5.0),
-        ("llm.request.duration", 5.0),
-        ("llm.request.duration", 5.0),
-        ("llm.request.duration", 5.0),
+    # Instruments first used in the order record_usage first uses them; per instrument, one add
+    # per attribute set in first-seen order; the histogram once per event with a latency. (A
+    # spy meter is not the SDK, so no aggregation resolves: every call stays public.)
+    first_used = list(dict.fromkeys(n for n, _, _ in calls))
+    assert first_used == [
+        "llm.token.usage.input",
+        "llm.token.total",
+        "llm.request.count",
+        "llm.request.duration",
     ]
+    per_instrument = {
+        name: [(a["llm.provider"], v) for n, v, a in calls if n == name] for name in first_used
+    }
+    assert per_instrument == {
+        "llm.token.usage.input": [("a", 4), ("b", 4)],
+        "llm.token.total": [("a", 4), ("b", 4)],
+        "llm.request.count": [("a", 2), ("b", 2), ("c", 1)],
+        "llm.request.duration": [("a", 5.0), ("a", 5.0), ("b", 5.0), ("b", 5.0)],
+    }
     assert all(type(v) is float for n, v, _ in calls if n == "llm.request.duration")
     by_provider: dict[str, set[int]] = {}
     for _, _, attrs in calls:
@@ -831,3 +840,75 @@ def test_prometheus_exposition_identical_for_batch_and_per_event() -> None:
         )
     ] * 3
     assert scrape(events, batch=True) == scrape(events, batch=False)
+
+
+# --- the fast path (consumer._otel_fastpath) ------------------------------------------------------
+
+
+def test_fast_path_is_verified_for_the_installed_sdk_and_used() -> None:
+    assert importlib.metadata.version("opentelemetry-sdk") in VERIFIED_SDK_VERSIONS
+    with harness() as h:
+        assert h.tracker._fast
+        events = [opts(provider=p, input_tokens=3, latency_ms=7) for p in "abcab"]
+        h.tracker.record_batch(events)
+        state = h.tracker._states[next(iter(h.tracker._states))]
+        assert not state.unresolved[0]  # the input counter's aggregation was found
+        assert state.aggregations[0] is not None
+
+
+def _single_sum(reader: InMemoryMetricReader) -> int:
+    data = reader.get_metrics_data()
+    assert data is not None
+    (point,) = data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points
+    assert isinstance(point, NumberDataPoint)
+    return int(point.value)
+
+
+def test_fast_path_stays_off_when_exemplars_are_sampled() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)  # trace-based
+    try:
+        tracker = TokenTracker(provider.get_meter("exemplars-on"))
+        assert not tracker._fast
+        tracker.record_batch(
+            [opts(provider="a", input_tokens=3), opts(provider="a", input_tokens=4)]
+        )
+        assert _single_sum(reader) == 7
+    finally:
+        provider.shutdown()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches)
+def test_remembered_sets_are_bounded_and_the_rest_stays_exact(
+    event_batches: list[list[UsageOptions]],
+) -> None:
+    with harness() as per_event, harness() as batched:
+        batched.tracker = TokenTracker(batched.provider.get_meter("bounded"), remembered_sets=3)
+        for batch in event_batches:
+            for event in batch:
+                per_event.tracker.record_usage(event)
+            batched.tracker.record_batch(batch)
+            assert len(batched.tracker._states) <= 3
+            assert batched.snapshot() == per_event.snapshot()
+
+
+def test_exposition_text_is_identical_with_the_fast_path_over_many_batches() -> None:
+    events = [to_options(UsageEventV1.model_validate(e)) for e in synthetic_events(3000, seed=5)]
+    texts = []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        provider = build_meter_provider(registry, cardinality_limit=200)
+        tracker = TokenTracker(provider.get_meter("exposition"), remembered_sets=200)
+        for start in range(0, len(events), 250):
+            chunk = events[start : start + 250]
+            if batched:
+                tracker.record_batch(chunk)
+            else:
+                for event in chunk:
+                    tracker.record_usage(event)
+            generate_latest(registry)  # collects between batches, as scrapes do
+        texts.append(generate_latest(registry))
+        provider.shutdown()
+    assert b'otel_metric_overflow="true"' in texts[0]  # the limit was reached on the way
+    assert texts[0] == texts[1]
