@@ -13,8 +13,8 @@ from confluent_kafka import Message
 
 from consumer.commit import PartitionKey
 from consumer.deadletter import DeadLetter
-from consumer.validate import Rejection, decode
-from schemas import UsageEventV1
+from consumer.tracker import UsageLike
+from consumer.validate import Rejection, decode_fast
 
 __all__ = ["Batch", "PartitionSpan", "split"]
 
@@ -30,7 +30,7 @@ class PartitionSpan:
 
 @dataclass
 class Batch:
-    events: list[UsageEventV1] = field(default_factory=list)
+    events: list[UsageLike] = field(default_factory=list)
     rejected: list[DeadLetter] = field(default_factory=list)
     spans: dict[PartitionKey, PartitionSpan] = field(default_factory=dict)
     size: int = 0
@@ -49,7 +49,7 @@ def split(messages: list[Message], max_message_bytes: int) -> Batch:
             span = spans[key] = PartitionSpan(end=offset + 1)
         else:
             span.end = offset + 1
-        outcome = decode(message.value(), max_message_bytes)
+        outcome = decode_fast(message.value(), max_message_bytes)
         if isinstance(outcome, Rejection):
             batch.rejected.append(DeadLetter.of(message, outcome))
         else:

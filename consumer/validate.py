@@ -84,21 +84,37 @@ Escaped control characters (``"\\u0000"``)
 
 import codecs
 import enum
+import re
 from dataclasses import dataclass
-from typing import Final
+from datetime import datetime
+from typing import Annotated, Final, Literal
 
+import msgspec
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from consumer.tracker import UsageLike
 from schemas import NO_CONTROL_CHARS_PATTERN, SCHEMA_VERSION, UsageEventV1
+from schemas.usage_event import (
+    MAX_ERROR_CODE_LENGTH,
+    MAX_EVENT_ID_LENGTH,
+    MAX_LABEL_LENGTH,
+    MAX_LATENCY_MS,
+    MAX_MODEL_LENGTH,
+    MAX_TOKENS,
+    OCCURRED_AT_MAX,
+    OCCURRED_AT_MIN,
+)
 
 __all__ = [
     "MAX_DETAIL_LENGTH",
     "MAX_INPUT_REPR_LENGTH",
     "MAX_LISTED_ERRORS",
+    "FastUsageEvent",
     "Reason",
     "Rejection",
     "decode",
+    "decode_fast",
 ]
 
 MAX_DETAIL_LENGTH: Final = 512
@@ -134,6 +150,23 @@ class Rejection:
 
     reason: Reason
     detail: str
+
+
+def decode_fast(value: bytes | None, max_bytes: int) -> UsageLike | Rejection:
+    """`decode` for the worker's hot path: same verdicts, about 5x faster on valid events.
+
+    A valid event whose fields are all known is decoded by msgspec into a `FastUsageEvent`;
+    anything msgspec does not accept (an invalid event, or a valid one with unknown fields)
+    goes through `decode`, which stays the authority on what is valid and why not. The fast
+    decoder is stricter than the model, never laxer (tests/test_validate_fast.py checks it
+    differentially), so an event it accepts is one the model accepts, with the same values.
+    """
+    if value and len(value) <= max_bytes:
+        try:
+            return _FAST_DECODER.decode(value)
+        except Exception:  # noqa: BLE001, S110 - whatever msgspec refuses, the model judges
+            pass
+    return decode(value, max_bytes)
 
 
 def decode(value: bytes | None, max_bytes: int) -> UsageEventV1 | Rejection:
@@ -258,3 +291,73 @@ def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+# --- the fast decoder ---------------------------------------------------------------------------
+
+# A strict subset of RFC3339_PATTERN whose every match datetime.fromisoformat parses exactly as
+# the model's parser does (upper-case T and Z, offsets up to 23:59, at most microseconds, no leap
+# second); every other timestamp takes the model's path.
+_FAST_TIMESTAMP: Final = (
+    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])\Z"
+)
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # NO_CONTROL_CHARS_PATTERN's set
+
+
+def _length(max_length: int, min_length: int = 0) -> msgspec.Meta:
+    return msgspec.Meta(min_length=min_length, max_length=max_length)
+
+
+_EventId = Annotated[str, _length(MAX_EVENT_ID_LENGTH, 1)]
+_RequiredLabel = Annotated[str, _length(MAX_LABEL_LENGTH, 1)]
+_Label = Annotated[str, _length(MAX_LABEL_LENGTH)]
+_RequiredModel = Annotated[str, _length(MAX_MODEL_LENGTH, 1)]
+_Model = Annotated[str, _length(MAX_MODEL_LENGTH)]
+_ErrorCode = Annotated[str, _length(MAX_ERROR_CODE_LENGTH)]
+_Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+
+
+class FastUsageEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """UsageEventV1's fields and limits, for msgspec. Unknown fields are *refused* here (and
+    then ignored by the model), so nothing msgspec skips unchecked can slip through."""
+
+    schema_version: Literal[1]
+    event_id: _EventId
+    occurred_at: Annotated[str, msgspec.Meta(pattern=_FAST_TIMESTAMP)]
+    provider: _RequiredLabel
+    model: _RequiredModel
+    status: Literal["success", "error", "canceled"]
+    provider_uuid: _Label = ""
+    request_model: _Model = ""
+    rule_uuid: _Label = ""
+    scenario: _Label = ""
+    error_code: _ErrorCode = ""
+    user_tier: _Label = ""
+    input_tokens: _Tokens = 0
+    output_tokens: _Tokens = 0
+    cache_input_tokens: _Tokens = 0
+    system_tokens: _Tokens = 0
+    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)] = 0
+    streamed: bool = False
+
+    def __post_init__(self) -> None:
+        # One search over every string field instead of a pattern per field.
+        labels = (
+            self.event_id
+            + self.provider
+            + self.model
+            + self.provider_uuid
+            + self.request_model
+            + self.rule_uuid
+            + self.scenario
+            + self.error_code
+            + self.user_tier
+        )
+        if _CONTROL_CHARS.search(labels) is not None:
+            raise ValueError("control character")
+        if not OCCURRED_AT_MIN <= datetime.fromisoformat(self.occurred_at) < OCCURRED_AT_MAX:
+            raise ValueError("occurred_at out of range")
+
+
+_FAST_DECODER: Final = msgspec.json.Decoder(FastUsageEvent)

@@ -152,6 +152,10 @@ def _parse_rfc3339(value: object) -> object:
         raise PydanticKnownError("datetime_parsing", {"error": str(exc)}) from None
 
 
+parse_rfc3339 = _parse_rfc3339
+"""The ``occurred_at`` parser, for other decoders that must agree with this model."""
+
+
 def _check_occurred_at_range(value: datetime) -> datetime:
     if not OCCURRED_AT_MIN <= value < OCCURRED_AT_MAX:
         raise PydanticCustomError(
