@@ -112,7 +112,8 @@ class WorkerMetrics:
                 p + "revocations",
                 "Partitions revoked, by outcome: covered (a scrape covered them before they "
                 "were committed and released), timeout (released uncovered: the next owner "
-                "replays), lost (taken away without a hand-over).",
+                "replays), commit_failed (the group moved on before the commit: the next owner "
+                "replays what the last scrapes covered), lost (taken away without a hand-over).",
                 ["outcome"],
                 registry=registry,
             ),

@@ -67,6 +67,9 @@ class Rebalancer:
 
     def hand_over(self, consumer: Consumer, keys: list[PartitionKey]) -> None:
         started = time.monotonic()
+        # Commit what earlier scrapes covered right away: if the group moves on while this
+        # member waits (another rebalance, a lost session), less is left to replay.
+        self._commit(consumer, keys)
         # Dead letters still in flight hold their partitions back; give them a chance.
         self.dead_letters.flush(self.handover_timeout_s)
         self.dead_letters.service()
@@ -76,7 +79,6 @@ class Rebalancer:
             covered = self.ledger.wait_covered(keys, remaining)
         waited = time.monotonic() - started
         self.metrics.revocation_wait.observe(waited)
-        self.metrics.revocations.labels("covered" if covered else "timeout").inc(len(keys))
         if not covered:
             log.warning(
                 "no scrape covered %s within %.1fs: releasing them uncommitted past the last "
@@ -84,14 +86,18 @@ class Rebalancer:
                 sorted(keys),
                 self.handover_timeout_s,
             )
-        self._commit(consumer, keys)
-        log.info("handed over %s after %.2fs", sorted(keys), waited)
+        committed = self._commit(consumer, keys)
+        outcome = "commit_failed" if not committed else "covered" if covered else "timeout"
+        self.metrics.revocations.labels(outcome).inc(len(keys))
+        log.info("handed over %s after %.2fs (%s)", sorted(keys), waited, outcome)
 
-    def _commit(self, consumer: Consumer, keys: list[PartitionKey]) -> None:
+    def _commit(self, consumer: Consumer, keys: list[PartitionKey]) -> bool:
         try:
             self.committer.commit(consumer, keys)
         except CommitError as exc:
             log.error("could not commit before hand-over: %s", exc)
+            return False
+        return True
 
     def _count(self, delta: int) -> None:
         self.health.assigned = max(0, self.health.assigned + delta)

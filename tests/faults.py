@@ -31,6 +31,14 @@ FAST_CLASSIC_GROUP = (
     "--kafka-option",
     "heartbeat.interval.ms=500",
 )
+# For clean hand-overs: sessions long enough that a loaded machine never drops a member that
+# is busy handing over (librdkafka's default is 45 s).
+CLASSIC_GROUP = (
+    "--kafka-option",
+    "session.timeout.ms=10000",
+    "--kafka-option",
+    "heartbeat.interval.ms=1000",
+)
 
 
 class StreamProducer(threading.Thread):
