@@ -325,27 +325,21 @@ class Committer:
         if not offsets:
             return 0
         try:
-            results = consumer.commit(offsets=offsets, asynchronous=False)
+            results = consumer.commit(offsets=offsets, asynchronous=False) or []
         except KafkaException as exc:
             self._metrics.commit_failures.inc()
-            first = offsets[0]
-            raise CommitError(
-                f"commit failed: {exc.args[0]}",
-                topic=first.topic,
-                partition=first.partition,
-                offset=first.offset,
-            ) from exc
-        failed = [tp for tp in results or [] if tp.error is not None]
-        if failed:
+            raise _commit_error(exc.args[0], offsets[0]) from exc
+        failed = next((tp for tp in results if tp.error is not None), None)
+        if failed is not None:
             self._metrics.commit_failures.inc()
-            tp = failed[0]
-            raise CommitError(
-                f"commit failed: {tp.error}",
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=tp.offset,
-            )
+            raise _commit_error(failed.error, failed)
         self._ledger.mark_committed(offsets)
         self._metrics.commits.inc()
         log.debug("committed %s", [(tp.topic, tp.partition, tp.offset) for tp in offsets])
         return len(offsets)
+
+
+def _commit_error(error: object, where: TopicPartition) -> CommitError:
+    return CommitError(
+        f"commit failed: {error}", topic=where.topic, partition=where.partition, offset=where.offset
+    )

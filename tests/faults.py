@@ -9,16 +9,14 @@ totals of the events the broker acknowledged. A shortfall is *lost* (must be 0);
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.produce import synthetic_events
 from tests.harness import Series, WorkerProcess, expected_series, usage_series
@@ -193,31 +191,6 @@ def wait_until(condition: Any, timeout: float, what: str, poll: float = 0.25) ->
             return time.monotonic() - start
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        probe.close()
-
-
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "fault-suite-watermarks"})
-    try:
-        return {
-            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        probe.close()
-
-
-def random_moments(rng: random.Random, count: int, low: float, high: float) -> Iterator[float]:
-    for _ in range(count):
-        yield rng.uniform(low, high)
 
 
 def write_report(outcomes: list[Outcome], path: Path, header: str) -> None:

@@ -27,14 +27,12 @@ from tests.faults import (
     Outcome,
     Scraper,
     StreamProducer,
-    committed_offsets,
     compare,
-    end_offsets,
     expected_from,
     wait_until,
     write_report,
 )
-from tests.harness import WorkerProcess, total
+from tests.harness import WorkerProcess, committed_offsets, end_offsets, total
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -32,7 +32,7 @@ from consumer.produce import synthetic_events
 from consumer.validate import MAX_DETAIL_LENGTH, Reason, Rejection, decode
 from schemas import UsageEventV1
 from tests.conftest import TopicFactory
-from tests.harness import WorkerProcess, expected_series, total, usage_series
+from tests.harness import WorkerProcess, end_offsets, expected_series, total, usage_series
 
 CORPUS_PATH = Path(__file__).parent / "corpus" / "hostile.json"
 ACCEPTED = "accepted"
@@ -215,17 +215,6 @@ def _read_topic(bootstrap: str, topic: str) -> list[Message]:
         reader.close()
 
 
-def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        return {
-            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        probe.close()
-
-
 @pytest.mark.integration
 def test_hostile_corpus_through_a_live_worker(
     kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path
@@ -281,7 +270,7 @@ def test_hostile_corpus_through_a_live_worker(
 
     # Nothing stalls: every partition is committed to its end. Commits may wait for a scrape to
     # cover the offsets, so scrape while waiting.
-    ends = _end_offsets(kafka_bootstrap, topic, partitions)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
     probe = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group_id})
     try:
 
@@ -301,7 +290,7 @@ def test_hostile_corpus_through_a_live_worker(
     assert worker.get("/healthz")[0] == 200
     assert worker.stop(signal.SIGTERM) == 0
     # Shutting down dead-lettered nothing a second time.
-    assert _end_offsets(kafka_bootstrap, f"{topic}.dlq", 1) == {0: len(INVALID)}
+    assert end_offsets(kafka_bootstrap, f"{topic}.dlq", 1) == {0: len(INVALID)}
     assert "Traceback" not in worker.log_path.read_text(errors="replace"), worker.log()
 
 

@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
 from consumer.produce import synthetic_events
 from tests.conftest import TopicFactory
-from tests.harness import WorkerProcess, expected_series, total, usage_series
+from tests.harness import (
+    WorkerProcess,
+    committed_offsets,
+    end_offsets,
+    expected_series,
+    total,
+    usage_series,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -93,26 +100,6 @@ def _produce(
     return placed
 
 
-def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = probe.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return {tp.partition: tp.offset for tp in tps}
-    finally:
-        probe.close()
-
-
-def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        return {
-            p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in range(partitions)
-        }
-    finally:
-        probe.close()
-
-
 def _read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
     reader = Consumer(
         {
@@ -185,9 +172,9 @@ def test_exact_totals_dead_letters_commits_and_resume(
         assert headers["dlq.detail"]
 
     # Everything was recorded or dead-lettered, so every partition is committed to its end.
-    ends = _end_offsets(kafka_bootstrap, topic, partitions)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
     worker.wait_for(
-        lambda: _committed(kafka_bootstrap, group_id, topic, partitions) == ends,
+        lambda: committed_offsets(kafka_bootstrap, group_id, topic, partitions) == ends,
         30,
         "committed to the end",
     )
@@ -206,9 +193,9 @@ def test_exact_totals_dead_letters_commits_and_resume(
     )
     assert usage_series(again.scrape()) == expected_series(second)
     assert total(again.scrape(), "usage_consumer_dead_letters_total") == 0
-    ends = _end_offsets(kafka_bootstrap, topic, partitions)
+    ends = end_offsets(kafka_bootstrap, topic, partitions)
     again.wait_for(
-        lambda: _committed(kafka_bootstrap, group_id, topic, partitions) == ends,
+        lambda: committed_offsets(kafka_bootstrap, group_id, topic, partitions) == ends,
         30,
         "committed to the new end",
     )
