@@ -17,6 +17,8 @@ import logging
 import signal
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -25,6 +27,7 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer import broker
 from consumer.commit import Committer, LedgerCollector, OffsetLedger, ScrapeAcknowledger
@@ -125,6 +128,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     try:
         worker.run(stop)
     finally:
+        dead_letters.close()
         server.stop()
         meter_provider.shutdown()
     return 0
@@ -236,9 +240,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("starting the local Kafka broker (the first run downloads its jars)...", flush=True)
     info = broker.start_broker(data_dir, args.port)
     stop = threading.Event()
+    monitor_stop = threading.Event()
     _stop_on_signals(stop)
     try:
-        settings = load_settings({**_overrides(args), "bootstrap_servers": info.bootstrap})
+        settings = load_settings(
+            {
+                # Nobody else scrapes the demo: its monitor does, every 2 s.
+                "handover_timeout_ms": 5000,
+                **_overrides(args),
+                "bootstrap_servers": info.bootstrap,
+            }
+        )
         ensure_topics(info.bootstrap, [settings.topic, settings.dead_letter_topic], partitions=6)
         producer = threading.Thread(
             target=_demo_producer,
@@ -248,6 +260,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         producer.start()
         host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
+        monitor = threading.Thread(
+            target=_demo_monitor,
+            # Its own stop: it must keep scraping while the worker hands over on Ctrl-C.
+            args=(f"http://{host}:{settings.metrics_port}/metrics", monitor_stop),
+            name="demo-monitor",
+            daemon=True,
+        )
+        monitor.start()
         print(
             f"\nbroker   {info.bootstrap}\ntopic    {settings.topic} "
             f"({args.rate:g} demo events/s, ~1% invalid -> {settings.dead_letter_topic})\n"
@@ -258,6 +278,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_worker(settings, stop)
     finally:
         stop.set()
+        monitor_stop.set()
+        print(flush=True)
         if not was_running:
             broker.stop_broker(data_dir)
             print("local broker stopped", flush=True)
@@ -277,6 +299,35 @@ def _demo_producer(bootstrap: str, topic: str, rate: float, stop: threading.Even
                 publisher.send(b'{"schema_version": 1, "provider": "broken-gateway"}')
             else:
                 publisher.send(json.dumps(event).encode(), key=event["event_id"].encode())
+
+
+def _demo_monitor(url: str, stop: threading.Event) -> None:
+    """Scrape the demo worker like Prometheus would (so its offsets advance), one line a time."""
+    tty = sys.stdout.isatty()
+    last: tuple[float, float] | None = None
+    while not stop.wait(2.0):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
+                text = response.read().decode()
+        except OSError:
+            continue
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        consumed = values.get("usage_consumer_messages_consumed_total", 0.0)
+        now = time.monotonic()
+        rate = (consumed - last[1]) / (now - last[0]) if last else 0.0
+        last = (now, consumed)
+        line = (
+            f"{rate:6.1f} events/s"
+            f" | recorded {values.get('usage_consumer_events_recorded_total', 0):.0f}"
+            f" | dead letters {values.get('usage_consumer_dead_letters_total', 0):.0f}"
+            f" | lag {values.get('usage_consumer_consumer_lag', 0):.0f}"
+            f" | committed {values.get('usage_consumer_partition_committed_offset', 0):.0f}"
+            f" | input tokens {values.get('llm_token_usage_input_total', 0):.0f}"
+        )
+        print("\r\033[K" + line if tty else line, end="" if tty else "\n", flush=True)
 
 
 def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:

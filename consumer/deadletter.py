@@ -196,6 +196,13 @@ class DeadLetterSink:
         """Wait for outstanding acknowledgements; returns how many are still in flight."""
         return int(self._producer.flush(timeout))
 
+    def close(self) -> None:
+        """After the final commit: whatever is still queued was not committed past, so the
+        partition's next owner redoes it; drop it rather than wait on a broker that is gone."""
+        self._producer.purge(in_queue=True, in_flight=False)
+        self._producer.flush(0)
+        self._producer.close()
+
     def blocked(self) -> set[PartitionKey]:
         """Partitions whose dead letters failed and wait for a retry."""
         return {letter.source for letter in self._failed}
