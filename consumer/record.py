@@ -37,7 +37,10 @@ def build_meter_provider(registry: CollectorRegistry, cardinality_limit: int) ->
     # The tracker's instrument kinds; a new kind must be added here to be limited.
     limits: CardinalityLimits = {Counter: cardinality_limit, Histogram: cardinality_limit}
     reader = PrometheusMetricReader(
-        disable_target_info=True, registry=usage_registry, cardinality_limits=limits
+        disable_target_info=True,
+        scope_info_enabled=False,
+        registry=usage_registry,
+        cardinality_limits=limits,
     )
     registry.register(CardinalityCollector(usage_registry, cardinality_limit))
     return MeterProvider(
