@@ -8,6 +8,7 @@ totals of the events the broker acknowledged. A shortfall is *lost* (must be 0);
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -136,8 +137,10 @@ class Scraper(threading.Thread):
                 continue
             try:
                 series = inc.worker.scrape()
-            except (OSError, AssertionError):
-                continue  # not serving yet, or going away: like a failed Prometheus scrape
+            except (OSError, AssertionError, http.client.HTTPException, ValueError):
+                # Not serving yet, or killed mid-response (a truncated body): a failed scrape,
+                # as Prometheus would have it; the incarnation keeps its last complete values.
+                continue
             inc.last = usage_series(series) | {
                 k: v for k, v in series.items() if k[0].startswith("usage_consumer_")
             }

@@ -6,6 +6,7 @@ import the tracker, so a wrong rule in the port cannot hide behind the same rule
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -216,8 +217,8 @@ class WorkerProcess:
             try:
                 if condition():
                     return
-            except (OSError, urllib.error.URLError):
-                pass
+            except (OSError, urllib.error.URLError, http.client.HTTPException):
+                pass  # not serving yet, or a response cut short
             time.sleep(0.2)
         raise AssertionError(f"worker not {what} after {timeout}s:\n{self.log()}")
 
