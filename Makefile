@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars run test chaos test-unit lint format schema broker-start broker-stop clean
+.PHONY: help venv jars run test chaos bench test-unit lint format schema broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ test: venv jars lint ## the whole suite, integration tests on a real local broke
 chaos: venv jars ## the fault suite's long soak; figures to docs/chaos-results.{md,json}
 	USAGE_CONSUMER_CHAOS_PROFILE=soak USAGE_CONSUMER_CHAOS_REPORT=docs/chaos-results \
 		$(BIN)/pytest -m faults tests/test_faults.py
+
+bench: venv jars ## benchmarks (BENCH_EVENTS, BENCH_REPS) to bench/results and docs/benchmarks.md
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m bench.run
 
 test-unit: venv ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration"

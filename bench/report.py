@@ -1,0 +1,487 @@
+"""Tables and a chart from a bench result: docs/benchmarks.md and docs/benchmarks.png.
+
+    .venv/bin/python -m bench.report [bench/results/<file>.json]    (default: latest.json)
+
+`bench.run` calls this at the end of every run. The "Where the time goes" section of an existing
+docs/benchmarks.md is carried over unchanged (it is written by hand from profiles), so
+regenerating the numbers never loses it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "benchmarks.md"
+CHART = REPO / "docs" / "benchmarks.png"
+LATEST = REPO / "bench" / "results" / "latest.json"
+
+LABELS = {
+    "raw": "1. raw consume (floor)",
+    "worker": "2. worker as shipped",
+    "naive": "3. naive path",
+    "quix": "4. Quix Streams peer",
+    "worker_x2": "worker x2 (one group)",
+}
+SHORT = {
+    "raw": "raw consume\n(floor)",
+    "worker": "worker\nas shipped",
+    "naive": "naive path",
+    "quix": "Quix Streams\npeer",
+}
+METRICS = ("events_per_s", "cpu_s_per_million", "peak_rss_mib", "startup_s", "machine_busy")
+RATIOS = (("worker", "raw"), ("worker", "naive"), ("worker", "quix"), ("worker_x2", "worker"))
+DASH = "\u2013"  # an en dash, for ranges in the tables
+WHERE_START = "<!-- where-the-time-goes: kept by bench/report.py, edit freely -->"
+WHERE_END = "<!-- /where-the-time-goes -->"
+WHERE_PLACEHOLDER = """\
+_Placeholder, to be filled in from py-spy profiles of the rows above (for example
+`py-spy record -o worker.svg -- .venv/bin/python -m consumer run ...` during a run): the share of
+the worker's time in validation, recording (SDK calls), scrapes and Kafka, and the same for the
+naive path and the Quix Streams peer._"""
+
+
+def spread(values: Iterable[float]) -> dict[str, float] | None:
+    vs = [v for v in values if v is not None]
+    if not vs:
+        return None
+    return {"min": min(vs), "median": statistics.median(vs), "max": max(vs), "n": len(vs)}
+
+
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    """min/median/max per row and metric, and per-repetition ratios between rows."""
+    runs = results["runs"]
+    rows: dict[str, Any] = {}
+    for row in LABELS:
+        mine = [r for r in runs if r["row"] == row]
+        if mine:
+            rows[row] = {m: spread(r[m] for r in mine) for m in METRICS}
+    ratios: dict[str, Any] = {}
+    reps = sorted({r["rep"] for r in runs})
+    for a, b in RATIOS:
+        speed, cpu = [], []
+        for rep in reps:
+            ra = [r for r in runs if r["rep"] == rep and r["row"] == a]
+            rb = [r for r in runs if r["rep"] == rep and r["row"] == b]
+            if ra and rb:
+                speed.append(ra[0]["events_per_s"] / rb[0]["events_per_s"])
+                cpu.append(ra[0]["cpu_s_per_million"] / rb[0]["cpu_s_per_million"])
+        if speed:
+            ratios[f"{a}/{b}"] = {"events_per_s": spread(speed), "cpu_s_per_million": spread(cpu)}
+    return {"rows": rows, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+
+
+def fmt(s: dict[str, float] | None, pattern: str = "{:,.0f}", scale: float = 1.0) -> str:
+    if s is None:
+        return "-"
+    med, lo, hi = (pattern.format(s[k] * scale) for k in ("median", "min", "max"))
+    return med if s["n"] == 1 else f"{med} ({lo}{DASH}{hi})"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def chart(summary: dict[str, Any], path: Path) -> bool:
+    """Throughput and peak RSS per row, medians with min-max bars. False without matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415 (optional: only the bench extras have it)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    rows = [r for r in ("raw", "worker", "naive", "quix") if r in summary["rows"]]
+    if not rows:
+        return False
+    names = [SHORT[r] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    # Raw consume is two orders of magnitude above the rest: a log scale keeps all four legible.
+    for ax, metric, title, unit, log in (
+        (axes[0], "events_per_s", "Throughput draining the backlog", "events/s (log scale)", True),
+        (axes[1], "peak_rss_mib", "Peak RSS", "MiB", False),
+    ):
+        stats = [summary["rows"][r][metric] for r in rows]
+        medians = [s["median"] for s in stats]
+        errors = [
+            [s["median"] - s["min"] for s in stats],
+            [s["max"] - s["median"] for s in stats],
+        ]
+        colors = ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c"][: len(rows)]
+        bars = ax.bar(names, medians, yerr=errors, capsize=4, color=colors)
+        ax.bar_label(bars, labels=[f"{m:,.0f}" for m in medians], padding=3, fontsize=9)
+        ax.set_title(title)
+        ax.set_ylabel(unit)
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(min(s["min"] for s in stats) / 3, max(s["max"] for s in stats) * 4)
+        else:
+            ax.margins(y=0.15)
+        ax.tick_params(axis="x", labelsize=9)
+    fig.suptitle(f"median of repetitions, bars show min{DASH}max", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def kept_where_section(doc: Path) -> str:
+    if doc.exists():
+        text = doc.read_text()
+        if WHERE_START in text and WHERE_END in text:
+            return text.split(WHERE_START, 1)[1].split(WHERE_END, 1)[0].strip("\n")
+    return WHERE_PLACEHOLDER
+
+
+def scrape_interval(results: dict[str, Any]) -> float:
+    """The worker rows' scrape interval (runs before it was recorded used 1 s)."""
+    for r in results["runs"]:
+        if "scrapes" in r:
+            return float(r["scrapes"].get("interval_s", 1.0))
+    return 1.0
+
+
+def scrape_note(results: dict[str, Any]) -> str:
+    scrapes = [r["scrapes"] for r in results["runs"] if r["row"] == "worker" and "scrapes" in r]
+    if not scrapes:
+        return ""
+    med = spread(s["median_s"] for s in scrapes)
+    size = spread(s["median_bytes"] for s in scrapes)
+    share = spread(s.get("busy_share") for s in scrapes)
+    text = f": one scrape took a median {fmt(med, '{:.2f}')} s for {fmt(size, '{:,.0f}', 1e-6)} MB"
+    if share:
+        text += f", and a scrape was in progress {fmt(share, '{:.0%}')} of the window"
+    return text
+
+
+def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
+    summary = results.get("summary") or summarize(results)
+    m = results["machine"]
+    cfg = results["config"]
+    libs, qlibs = m["libraries"], m["libraries_quix_venv"]
+    n = results["backlog"]["events"]
+    reps = cfg["reps"]
+    busy = spread(r["machine_busy"] for r in results["runs"])
+    out: list[str] = []
+    add = out.append
+
+    add("# Benchmarks\n")
+    add(
+        "_Generated by `bench/report.py` from "
+        f"`bench/results/{results['started_utc']}.json` "
+        "(UTC start time); edit only the section "
+        '"Where the time goes", which regeneration keeps._\n'
+    )
+    add(
+        f"Each row drains the same backlog of **{n:,} realistic usage events** "
+        f"({results['backlog']['partitions']} partitions, `synthetic_events`' mix of about "
+        "1,800 attribute sets) on a local single-node Kafka "
+        f"{m['kafka']} broker, from a fresh consumer group, as a subprocess of its own; "
+        f"**{reps} repetition{'s' if reps != 1 else ''}**, the order of the rows rotated "
+        "each time. Figures are the "
+        f"median, with (min{DASH}max) over the repetitions.\n"
+    )
+    code, code_end = m.get("code"), m.get("code_at_end")
+    if code:
+        changes = code["uncommitted"]
+        add(
+            f"Measured code: commit `{code['commit'][:10]}`"
+            + (f", with uncommitted changes ({'; '.join(changes)})" if changes else "")
+            + ".\n"
+        )
+    if code and code_end and code["sources_sha256"] != code_end["sources_sha256"]:
+        add(
+            "**Warning: `consumer/` or `schemas/` changed during this run** (commit "
+            f"`{code_end['commit'][:10]}` at the end): rows started after the change measured "
+            "the new code. Rerun for figures of one version.\n"
+        )
+    add("## Reproduce\n")
+    add(f"```sh\n{results['command']}\n```\n")
+    d = results.get("defaults", cfg)
+    ph = results["phases"]
+    add(
+        f"`make bench` alone uses the defaults ({d['events']:,} events, {d['reps']} "
+        "repetitions); `BENCH_EVENTS`, `BENCH_REPS` and the other `BENCH_*` variables (or the "
+        "flags of `.venv/bin/python -m bench.run --help`) change the sizes. "
+        f"This run took {ph['total_s'] / 60:.1f} minutes in all "
+        f"({ph.get('produce_s', 0) / 60:.1f} producing the backlog, "
+        f"{ph.get('rows_s', 0) / 60:.1f} draining it).\n"
+    )
+    if results["runs"] and ph.get("rows_s"):
+        if n == 1_000_000 and reps == 3:
+            full = ph["total_s"]
+            estimate = f"This full-size run took {full / 60:.0f} minutes"
+        else:
+            # Producing and draining scale with events (draining also with repetitions); the
+            # broker, scrape and latency phases do not.
+            fixed = ph["total_s"] - ph["rows_s"] - ph.get("produce_s", 0)
+            full = fixed + (ph.get("produce_s", 0) + ph["rows_s"] * 3 / reps) * 1e6 / n
+            estimate = (
+                "From this run's timings, a full-size run (1,000,000 events x 3 repetitions) "
+                f"would take about {full / 60:.0f} minutes"
+            )
+        verdict = (
+            "more than the 15 minutes `make bench` may take"
+            if full > 15 * 60
+            else "too close to the 15 minutes `make bench` may take once other work shares "
+            "the machine (it slowed runs here by a fifth)"
+        )
+        add(
+            f"{estimate} on this machine, {verdict}, so the default is {d['events']:,} events "
+            f"x {d['reps']}.\n"
+        )
+
+    add("## Throughput, CPU and memory\n")
+    body = []
+    for row in ("raw", "worker", "naive", "quix"):
+        s = summary["rows"].get(row)
+        if s is None:
+            continue
+        body.append(
+            [
+                LABELS[row],
+                fmt(s["events_per_s"]),
+                fmt(s["cpu_s_per_million"], "{:,.1f}"),
+                fmt(s["peak_rss_mib"]),
+                fmt(s["startup_s"], "{:.1f}"),
+            ]
+        )
+    add(
+        table(
+            ["row", "events/s", "CPU s per 1M events", "peak RSS MiB", "start-up s"],
+            body,
+        )
+        + "\n"
+    )
+    ratio_rows = []
+    for key, label in (
+        ("worker/raw", "worker ÷ raw consume"),
+        ("worker/naive", "worker ÷ naive path"),
+        ("worker/quix", "worker ÷ Quix Streams"),
+    ):
+        r = summary["ratios"].get(key)
+        if r:
+            ratio_rows.append(
+                [
+                    label,
+                    fmt(r["events_per_s"], "{:.3g}"),
+                    fmt(r["cpu_s_per_million"], "{:.3g}"),
+                ]
+            )
+    if ratio_rows:
+        add("Ratios, computed per repetition (rows of one repetition ran back to back):\n")
+        add(table(["ratio", "events/s", "CPU s per 1M events"], ratio_rows) + "\n")
+    if has_chart:
+        add("![throughput and peak RSS of the four rows](benchmarks.png)\n")
+
+    add("How to read it:\n")
+    add(
+        "- **events/s** is the backlog divided by the measured window. The window opens when "
+        "the process has partitions (the worker: `/readyz` turns 200) or its first message "
+        "(raw, naive, Quix), and closes when the group's committed offsets, polled from the "
+        "broker every 100 ms, reach the end of every partition (raw consume commits nothing: "
+        "it closes when it has read the whole backlog). **start-up s** is spawn to window "
+        "start (interpreter, imports, group join), left out of the window.\n"
+        "- **CPU s per 1M events** is the process's user+system CPU time (all threads, from "
+        "/proc) over the window, per million events; **peak RSS** is its VmHWM at the end.\n"
+        "- The worker runs as shipped (`python -m consumer run`, scrape commit mode, defaults) "
+        f"and a scraper GETs its /metrics every {scrape_interval(results):g} s, so its "
+        "commits can advance; its "
+        f"figures include serving those scrapes{scrape_note(results)}. The naive path and "
+        "the peer are not scraped.\n"
+        "- The naive path decodes each message with `consumer.validate.decode`, records it "
+        "with `TokenTracker.record_usage` (a MeterProvider from "
+        "`consumer.record.build_meter_provider`) and commits synchronously after each batch "
+        "of 1,000.\n"
+        '- The Quix Streams peer is an `Application` with `value_deserializer="json"` and '
+        "`sdf.update()` calling `TokenTracker.record_usage`: it parses JSON but does not "
+        "validate the schema (less work than rows 2 and 3). It commits every second "
+        "(`commit_interval=1.0`, default 5 s) so its commits trail processing no more than "
+        "the worker's, and reads from `earliest`.\n"
+        f"- The machine is shared: all cores were {fmt(busy, '{:.0%}')} busy on average "
+        "during the windows (the broker and the scraper included, other people's work "
+        "too). Each run's figure is in the JSON (`machine_busy`).\n"
+    )
+
+    add("## Machine\n")
+    mrows = [
+        ["CPU", f"{m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB"],
+        ["OS kernel", m["kernel"]],
+        ["Python", m["python"]],
+        ["Java (broker)", m["java"]],
+        ["Kafka broker", m["kafka"]],
+        [
+            "confluent-kafka (librdkafka)",
+            f"{libs.get('confluent-kafka')} ({libs.get('librdkafka')}); Quix venv: "
+            f"{qlibs.get('confluent-kafka')} ({qlibs.get('librdkafka')})",
+        ],
+        [
+            "opentelemetry-sdk / exporter-prometheus",
+            f"{libs.get('opentelemetry-sdk')} / {libs.get('opentelemetry-exporter-prometheus')}"
+            " (both venvs)",
+        ],
+        [
+            "pydantic",
+            f"{libs.get('pydantic')}; Quix venv: {qlibs.get('pydantic')}",
+        ],
+        ["prometheus-client", str(libs.get("prometheus-client"))],
+        ["quixstreams", str(qlibs.get("quixstreams"))],
+        [
+            "load average at start / end",
+            " / ".join(
+                ", ".join(f"{v:.2f}" for v in m.get(k, []))
+                for k in ("load_average_at_start", "load_average_at_end")
+            ),
+        ],
+    ]
+    add(table(["", ""], mrows) + "\n")
+    add(
+        "Quix Streams 3.28 requires confluent-kafka < 2.13 and pydantic < 2.14, older than the "
+        "project's, so the peer runs from its own venv (`bench/.venv-quix`, built from "
+        "`bench/requirements-quix.txt` on the first `make bench`) with the same OpenTelemetry "
+        "SDK and exporter versions and this repository on `PYTHONPATH`.\n"
+    )
+
+    scrape = results.get("scrape")
+    if scrape:
+        add(f"## One /metrics scrape with {scrape['usage_series']:,} series\n")
+        add(
+            f"A registry built as the worker builds it, holding **{scrape['sets']:,} attribute "
+            "sets on each of the 8 instruments** (every set has all token kinds, a latency and "
+            "status `error`: the worst case for that many sets), served by "
+            "`consumer.serve.MetricsServer`; time of a real HTTP GET of /metrics, request to "
+            f"last byte, median of {scrape['reps']}.\n"
+        )
+        add(
+            table(
+                ["median", f"min{DASH}max", "series (lines)", "body", "process peak RSS"],
+                [
+                    [
+                        f"{scrape['median_s']:.2f} s",
+                        f"{min(scrape['durations_s']):.2f}{DASH}{max(scrape['durations_s']):.2f} s",
+                        f"{scrape['usage_series']:,}",
+                        f"{scrape['body_bytes'] / 1e6:.0f} MB",
+                        f"{scrape['peak_rss_mib']:,.0f} MiB",
+                    ]
+                ],
+            )
+            + "\n"
+        )
+
+    lat = results.get("latency")
+    if lat and lat.get("p50_s") is not None:
+        add("## End-to-end latency at a steady rate\n")
+        add(
+            table(
+                ["rate", "p50", "p99", "max", "samples", "missing", "scrape (median)"],
+                [
+                    [
+                        f"{lat['rate_achieved']:,.0f} events/s",
+                        f"{lat['p50_s'] * 1000:,.0f} ms",
+                        f"{lat['p99_s'] * 1000:,.0f} ms",
+                        f"{lat['max_s'] * 1000:,.0f} ms",
+                        str(lat["samples"]),
+                        str(lat["missing"]),
+                        f"{lat['scrape_median_s'] * 1000:,.0f} ms",
+                    ]
+                ],
+            )
+            + "\n"
+        )
+        add(
+            "Method: a fresh worker (as shipped) consumes a fresh topic while the producer "
+            f"publishes {lat['rate_target']:,.0f} events/s in {lat['tick_s'] * 1000:.0f} ms "
+            "ticks of realistic events. The last event of each tick is a marker: one fixed "
+            "attribute set whose `scenario` is `bench-marker-<k>`, k = tick mod 50 (so only 50 "
+            "extra attribute sets exist). A scraper GETs /metrics every "
+            f"{lat['scrape_every_s'] * 1000:.0f} ms (or right after the previous scrape when "
+            "one takes longer) and sums `llm_request_count_total` per marker; a tick's latency "
+            "is the time its marker's count was first seen (response fully read) minus the time "
+            "the marker was handed to the producer. It includes the producer's 20 ms linger and "
+            "acks=all write, the fetch, the worker's batching (1,000 messages or 200 ms), "
+            "recording, and waiting for and serving the next scrape: the median scrape took "
+            f"{lat['scrape_median_s'] * 1000:,.0f} ms, which is the measurement's resolution. "
+            f"The first {lat['warmup_s']:.0f} s of {lat['seconds']:.0f} are left out.\n"
+        )
+
+    x2 = summary["rows"].get("worker_x2")
+    one = summary["rows"].get("worker")
+    if x2 and one:
+        r = summary["ratios"].get("worker_x2/worker")
+        add("## Two workers against one\n")
+        add(
+            table(
+                ["", "events/s", "CPU s per 1M events", "peak RSS MiB per process"],
+                [
+                    [
+                        "1 worker",
+                        fmt(one["events_per_s"]),
+                        fmt(one["cpu_s_per_million"], "{:,.1f}"),
+                        fmt(one["peak_rss_mib"]),
+                    ],
+                    [
+                        "2 workers, one group",
+                        fmt(x2["events_per_s"]),
+                        fmt(x2["cpu_s_per_million"], "{:,.1f}"),
+                        fmt(x2["peak_rss_mib"]),
+                    ],
+                    [
+                        "2 ÷ 1",
+                        fmt(r["events_per_s"], "{:.2f}") if r else "-",
+                        fmt(r["cpu_s_per_million"], "{:.2f}") if r else "-",
+                        "",
+                    ],
+                ],
+            )
+            + "\n"
+        )
+        add(
+            f"The same {results['backlog']['partitions']}-partition backlog, two worker "
+            "processes started together in one consumer group (cooperative-sticky), each "
+            f"scraped every {scrape_interval(results):g} s; the window opens when the first "
+            "has partitions. CPU is the "
+            "sum of both; the 2 ÷ 1 ratios compare runs of the same repetition. Each worker "
+            "ends up holding nearly every attribute set, so each serves a scrape as large as "
+            f"the single worker's. On a {m['cores']}-core machine that also runs the broker, a "
+            "second worker can add at most one core's worth.\n"
+        )
+
+    add("## Where the time goes\n")
+    add(WHERE_START)
+    add(where)
+    add(WHERE_END + "\n")
+    return "\n".join(out)
+
+
+def write_docs(results: dict[str, Any], doc: Path = DOC, chart_path: Path = CHART) -> None:
+    summary = results.get("summary") or summarize(results)
+    has_chart = chart(summary, chart_path)
+    where = kept_where_section(doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render(results, where, has_chart))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    source = Path(args[0]) if args else LATEST
+    results = json.loads(source.read_text())
+    results["summary"] = summarize(results)
+    write_docs(results)
+    print(f"wrote {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)} from {source}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

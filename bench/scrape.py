@@ -1,0 +1,103 @@
+"""How long one /metrics scrape takes with many series: a subprocess, so its memory is its own.
+
+Builds the worker's registry in-process the way `consumer.cli.run_worker` does (the worker's own
+metrics, `build_meter_provider`, `TokenTracker`), records events that give `--sets` distinct
+attribute sets, serves it with `consumer.serve.MetricsServer` on a free loopback port, and times
+real HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
+
+Two profiles of `--sets` events, each its own attribute set (a unique `user_tier`):
+  full       every event has all token kinds, a latency and status "error", so each of the
+             8 instruments holds `--sets` attribute sets: the worst case for that many sets;
+  realistic  the synthetic mix (some token kinds and errors are rare), so the request counter
+             and the duration histogram hold `--sets` sets and the other counters fewer.
+
+    python -m bench.scrape --sets 10000 --reps 5 --profile full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import urllib.request
+
+from prometheus_client import CollectorRegistry
+
+from bench.common import peak_rss_kib
+from consumer.metrics import WorkerMetrics
+from consumer.produce import synthetic_events
+from consumer.record import METER_NAME, build_meter_provider
+from consumer.serve import HealthState, MetricsServer
+from consumer.tracker import TokenTracker, UsageOptions
+
+
+def events(sets: int, profile: str) -> list[UsageOptions]:
+    out = []
+    for i, e in enumerate(synthetic_events(sets, seed=11)):
+        e["user_tier"] = f"bench-{i:06d}"
+        if profile == "full":
+            e.update(
+                status="error",
+                error_code="upstream_timeout",
+                input_tokens=e["input_tokens"] or 100,
+                output_tokens=e["output_tokens"] or 10,
+                cache_input_tokens=e["cache_input_tokens"] or 1000,
+                system_tokens=e["system_tokens"] or 5,
+            )
+        fields = {k: v for k, v in e.items() if k not in ("schema_version", "event_id")}
+        fields.pop("occurred_at")
+        out.append(UsageOptions(**fields))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sets", type=int, default=10_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--profile", choices=["full", "realistic"], default="full")
+    args = parser.parse_args()
+
+    registry = CollectorRegistry(auto_describe=True)
+    WorkerMetrics.create(registry)
+    # The worker's default limit is 10,000 sets per metric; never let this benchmark overflow.
+    provider = build_meter_provider(registry, max(10_000, args.sets))
+    tracker = TokenTracker(provider.get_meter(METER_NAME))
+    for options in events(args.sets, args.profile):
+        tracker.record_usage(options)
+
+    server = MetricsServer("127.0.0.1", 0, registry, HealthState())
+    server.start()
+    host, port = server.address
+    durations, size, lines = [], 0, 0
+    for _ in range(args.reps):
+        began = time.perf_counter()
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=300) as resp:
+            body = resp.read()
+        durations.append(time.perf_counter() - began)
+        size, lines = len(body), body.count(b"\n")
+    server.stop()
+    usage_lines = sum(
+        1 for line in body.splitlines() if line.startswith(b"llm_") and not line.startswith(b"#")
+    )
+    print(
+        json.dumps(
+            {
+                "profile": args.profile,
+                "sets": args.sets,
+                "reps": args.reps,
+                "durations_s": durations,
+                "median_s": statistics.median(durations),
+                "body_bytes": size,
+                "lines": lines,
+                "usage_series": usage_lines,
+                "peak_rss_mib": peak_rss_kib() / 1024,
+            }
+        )
+    )
+    provider.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
