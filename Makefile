@@ -57,6 +57,6 @@ broker-start: venv jars ## start the local broker in .local/kafka and print its 
 broker-stop: venv ## stop the local broker
 	$(BIN)/usage-consumer broker stop
 
-clean: ## stop the local broker, remove the venv and its data (the jar cache stays)
+clean: ## stop the local broker, remove the venvs and local data (the jar cache stays)
 	-test -x $(BIN)/usage-consumer && $(BIN)/usage-consumer broker stop
-	rm -rf $(VENV) .local .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) bench/.venv-quix .local .pytest_cache .mypy_cache .ruff_cache
