@@ -109,7 +109,6 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         batch_size=settings.batch_size,
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,
-        shutdown_timeout_s=settings.dlq_timeout_ms / 1000,
     )
     server.start()
     host, port = server.address

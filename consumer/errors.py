@@ -5,8 +5,7 @@
     ├── BrokerError          the embedded local broker could not start or stop
     └── KafkaOperationError  a Kafka call failed; carries topic, partition and offset
         ├── ConsumeError     the consumer reported a fatal error
-        ├── CommitError      committing offsets failed
-        └── DeadLetterError  the dead-letter topic did not acknowledge a message
+        └── CommitError      committing offsets failed
 
 An invalid *event* is not an exception: the validate stage returns a `Rejection` and the event
 goes to the dead-letter topic. Exceptions are for the worker's own failures.
@@ -19,7 +18,6 @@ __all__ = [
     "CommitError",
     "ConfigError",
     "ConsumeError",
-    "DeadLetterError",
     "KafkaOperationError",
     "UsageConsumerError",
 ]
@@ -73,7 +71,3 @@ class ConsumeError(KafkaOperationError):
 
 class CommitError(KafkaOperationError):
     """Committing offsets failed."""
-
-
-class DeadLetterError(KafkaOperationError):
-    """The dead-letter topic did not acknowledge a rejected message."""

@@ -257,18 +257,20 @@ _Attributes: TypeAlias = dict[str, AttributeValue]
 _AttrKey: TypeAlias = tuple[str, str, str, str, str, str, bool, str, str, str]
 
 
-def _attr_key(opts: UsageOptions) -> _AttrKey:
-    return (
-        opts.provider,
-        opts.provider_uuid,
-        opts.model,
-        opts.request_model,
-        opts.rule_uuid,
-        opts.scenario,
-        opts.streamed,
-        opts.status,
-        truncate_utf8(opts.error_code, MAX_ERROR_CODE_BYTES),
-        opts.user_tier,
+def _attr_key(opts: UsageLike) -> _AttrKey:
+    return _canonical_key(
+        (
+            opts.provider,
+            opts.provider_uuid,
+            opts.model,
+            opts.request_model,
+            opts.rule_uuid,
+            opts.scenario,
+            opts.streamed,
+            opts.status,
+            opts.error_code,
+            opts.user_tier,
+        )
     )
 
 
@@ -457,6 +459,7 @@ class TokenTracker:
         count = 0
         for o in opts:
             count += 1
+            # _attr_key's tuple, inlined (the hot path), and before truncation: cached per set.
             raw: _AttrKey = (
                 o.provider,
                 o.provider_uuid,

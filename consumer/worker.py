@@ -71,8 +71,10 @@ class Rebalancer:
         # member waits (another rebalance, a lost session), less is left to replay.
         self._commit(consumer, keys)
         # Dead letters still in flight hold their partitions back; give them a chance.
-        self.dead_letters.flush(self.handover_timeout_s)
+        unacknowledged = self.dead_letters.flush(self.handover_timeout_s)
         self.dead_letters.service()
+        if unacknowledged:
+            log.warning("%d dead letters unacknowledged: not committed past", unacknowledged)
         covered = True
         if self.ledger.mode == "scrape":
             remaining = max(0.0, self.handover_timeout_s - (time.monotonic() - started))
@@ -110,7 +112,6 @@ class Backpressure:
 
     max_events: int
     max_age_s: float
-    active: bool = False
 
     def exceeded(self, ledger: OffsetLedger) -> str:
         """Why reading must pause, or "" when it may go on."""
@@ -138,7 +139,6 @@ class Worker:
     batch_size: int
     batch_wait_s: float
     max_message_bytes: int
-    shutdown_timeout_s: float
     _pause_reasons: dict[PartitionKey, str] = field(default_factory=dict)
 
     def run(self, stop: threading.Event) -> None:
@@ -220,11 +220,7 @@ class Worker:
             self.metrics.backpressure.set(1 if why else 0)
 
     def shutdown(self) -> None:
-        """Finish what is in hand: wait for dead letters, commit, hand over, leave the group."""
-        remaining = self.dead_letters.flush(self.shutdown_timeout_s)
-        self.dead_letters.service()
-        if remaining:
-            log.warning("%d dead letters unacknowledged at shutdown; not committed", remaining)
+        """Hand everything over (dead letters, a covering scrape, the commit), then leave."""
         self.rebalancer.leave(self.source.consumer, sorted(self.source.assignment))
         self.source.close()
         log.info("left the group")
