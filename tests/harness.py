@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 Labels = frozenset[tuple[str, str]]
@@ -141,6 +141,24 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         }
     finally:
         probe.close()
+
+
+def read_topic(bootstrap: str, topic: str) -> list[Message]:
+    """Everything in partition 0 of `topic`, from the beginning up to its high watermark."""
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}"})
+    try:
+        end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
+        reader.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        out: list[Message] = []
+        deadline = time.monotonic() + 30
+        while len(out) < end and time.monotonic() < deadline:
+            for msg in reader.consume(500, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                out.append(msg)
+        assert len(out) == end
+        return out
+    finally:
+        reader.close()
 
 
 class WorkerProcess:

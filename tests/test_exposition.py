@@ -56,13 +56,15 @@ def test_identical_on_hostile_label_values_and_every_metric_kind() -> None:
         assert renderer.render(registry) == generate_latest(registry)
 
 
-def test_the_label_cache_is_bounded() -> None:
+def test_the_label_cache_is_bounded_and_cleared_when_over() -> None:
     registry, tracker = _worker_registry()
-    renderer = TextRenderer(max_cached=50)
     tracker.record_batch(
-        [UsageOptions(provider=f"p{n}", model="m", status="success") for n in range(200)]
+        [UsageOptions(provider=f"p{n}", model="m", status="success") for n in range(40)]
     )
+    renderer = TextRenderer(max_cached=100)
     renderer.render(registry)
-    renderer.render(registry)
-    assert len(renderer._labels) <= 50 + 250  # cleared before a scrape once over the bound
+    in_use = dict(renderer._labels)
+    assert 40 < len(in_use) <= 100  # every label set of one scrape, rendered once
+    renderer._labels.update({(("stale", str(n)),): "{}" for n in range(100)})  # over the bound
     assert renderer.render(registry) == generate_latest(registry)
+    assert renderer._labels == in_use  # cleared before rendering: only live sets came back

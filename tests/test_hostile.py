@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     Message,
@@ -32,7 +30,14 @@ from consumer.produce import synthetic_events
 from consumer.validate import MAX_DETAIL_LENGTH, Reason, Rejection, decode
 from schemas import UsageEventV1
 from tests.conftest import TopicFactory
-from tests.harness import WorkerProcess, end_offsets, expected_series, total, usage_series
+from tests.harness import (
+    WorkerProcess,
+    end_offsets,
+    expected_series,
+    read_topic,
+    total,
+    usage_series,
+)
 
 CORPUS_PATH = Path(__file__).parent / "corpus" / "hostile.json"
 ACCEPTED = "accepted"
@@ -197,24 +202,6 @@ def _parsed(entry: Entry) -> dict[str, Any]:
     return UsageEventV1.model_validate_json(entry.value).model_dump()
 
 
-def _read_topic(bootstrap: str, topic: str) -> list[Message]:
-    """Everything in partition 0 of `topic`, from the beginning up to its high watermark."""
-    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}"})
-    try:
-        end = reader.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1]
-        reader.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        out: list[Message] = []
-        deadline = time.monotonic() + 30
-        while len(out) < end and time.monotonic() < deadline:
-            for msg in reader.consume(500, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                out.append(msg)
-        assert len(out) == end
-        return out
-    finally:
-        reader.close()
-
-
 @pytest.mark.integration
 def test_hostile_corpus_through_a_live_worker(
     kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path
@@ -249,7 +236,7 @@ def test_hostile_corpus_through_a_live_worker(
         assert total(scraped, "usage_consumer_dead_letters_total", reason=reason.value) == want
 
     # Every rejected entry is in the dead-letter topic exactly once, unchanged, with its reason.
-    letters = _read_topic(kafka_bootstrap, f"{topic}.dlq")
+    letters = read_topic(kafka_bootstrap, f"{topic}.dlq")
     assert len(letters) == len(INVALID)
     seen: set[tuple[int, int]] = set()
     for letter in letters:
@@ -336,11 +323,11 @@ def test_message_too_big_for_the_dlq_is_dead_lettered_truncated(
     finally:
         code = worker.stop(signal.SIGTERM)
     assert code == 0
-    (letter,) = _read_topic(kafka_bootstrap, f"{topic}.dlq")
+    (letter,) = read_topic(kafka_bootstrap, f"{topic}.dlq")
     headers = dict(letter.headers() or [])
     assert headers["dlq.reason"] == b"too_large"
     assert headers["dlq.value.truncated"] == b"true"
     assert headers["dlq.value.size"] == str(len(big)).encode()
-    (source,) = [m for m in _read_topic(kafka_bootstrap, topic) if m.value() == big]
+    (source,) = [m for m in read_topic(kafka_bootstrap, topic) if m.value() == big]
     assert headers["dlq.source.offset"] == str(source.offset()).encode()
     assert letter.value() == big[:TRUNCATED_VALUE_BYTES]

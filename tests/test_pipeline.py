@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from consumer.produce import synthetic_events
 from tests.conftest import TopicFactory
@@ -19,6 +19,7 @@ from tests.harness import (
     committed_offsets,
     end_offsets,
     expected_series,
+    read_topic,
     total,
     usage_series,
 )
@@ -100,32 +101,6 @@ def _produce(
     return placed
 
 
-def _read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
-    reader = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{topic}",
-            "auto.offset.reset": "earliest",
-        }
-    )
-    reader.subscribe([topic])
-    out: list[Any] = []
-    try:
-        for _ in range(300):
-            msg = reader.poll(0.2)
-            if msg is not None and msg.error() is None:
-                out.append(msg)
-            if len(out) >= count:
-                # One more short read: more than expected would be a bug too.
-                extra = reader.poll(1.0)
-                if extra is not None and extra.error() is None:
-                    out.append(extra)
-                break
-    finally:
-        reader.close()
-    return out
-
-
 def test_exact_totals_dead_letters_commits_and_resume(
     kafka_bootstrap: str, topic_factory: TopicFactory, group_id: str, tmp_path: Path
 ) -> None:
@@ -156,7 +131,7 @@ def test_exact_totals_dead_letters_commits_and_resume(
     assert total(scraped, "usage_consumer_events_recorded_total") == len(first)
 
     # The dead-letter topic holds each invalid message unchanged, with its reason and origin.
-    letters = _read_all(kafka_bootstrap, f"{topic}.dlq", len(INVALID))
+    letters = read_topic(kafka_bootstrap, f"{topic}.dlq")
     assert len(letters) == len(INVALID)
     for letter in letters:
         headers = dict(letter.headers())
@@ -229,5 +204,5 @@ def test_produce_from_file_publishes_lines_verbatim(
     )
     assert result.returncode == 0, result.stderr
     assert "delivered 4, failed 0" in result.stdout
-    got = [m.value() or b"" for m in _read_all(kafka_bootstrap, topic, len(lines))]
+    got = [m.value() or b"" for m in read_topic(kafka_bootstrap, topic)]
     assert got == lines
