@@ -1,8 +1,11 @@
 """The source stage: a Kafka consumer in a group, read in batches by count and time.
 
 Rebalance callbacks are handed to a `RebalanceListener` (the worker), which commits what it may
-before a partition is given up. Consumer lag comes from librdkafka's own statistics, so reading
-it costs no extra broker round trip.
+before a partition is given up. They run inside `consume()`, so a batch can hold messages fetched
+before a revocation: the hand-over committed up to them, they belong to the next owner, and the
+batch drops them (librdkafka's own version barrier catches most, but not all; it arrives
+asynchronously). Consumer lag comes from librdkafka's own statistics, so reading it costs no
+extra broker round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.commit import PartitionKey
 from consumer.errors import ConsumeError
@@ -50,6 +53,7 @@ class KafkaSource:
         self.consumer = Consumer(config)
         self.assignment: set[PartitionKey] = set()
         self._paused: set[PartitionKey] = set()
+        self._released: set[PartitionKey] = set()  # revoked or lost during the current read
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -60,6 +64,7 @@ class KafkaSource:
         """Up to `max_messages`, waiting at most `max_wait_s` for the batch to fill."""
         deadline = time.monotonic() + max_wait_s
         batch: list[Message] = []
+        self._released.clear()
         while len(batch) < max_messages:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and batch:
@@ -82,7 +87,51 @@ class KafkaSource:
                     log.warning("consumer error: %s", err.str())
             if remaining <= 0:
                 break
-        return batch
+        return self._drop_released(batch) if self._released else batch
+
+    def _drop_released(self, batch: list[Message]) -> list[Message]:
+        """Drop the messages of partitions given up while this batch filled.
+
+        A partition that came back within the same read (a second rebalance) may hold messages
+        of both fetches, old and new, which cannot be told apart: drop them all and rewind it to
+        its committed offset, where the new assignment starts anyway."""
+        kept: list[Message] = []
+        dropped: dict[PartitionKey, int] = {}
+        for message in batch:
+            key = (message.topic(), message.partition())
+            if key in self._released:
+                offset = message.offset() or 0
+                dropped[key] = min(offset, dropped.get(key, offset))
+            else:
+                kept.append(message)
+        if dropped:
+            log.info(
+                "dropped %d messages of %s fetched before they were revoked (the next owner "
+                "reads them)",
+                len(batch) - len(kept),
+                sorted(dropped),
+            )
+            back = {key: offset for key, offset in dropped.items() if key in self.assignment}
+            if back:
+                self._rewind(back)
+        return kept
+
+    def _rewind(self, lowest: dict[PartitionKey, int]) -> None:
+        partitions = [TopicPartition(t, p) for t, p in lowest]
+        try:
+            committed = self.consumer.committed(partitions, timeout=10)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets to rewind %s: %s", sorted(lowest), exc)
+            committed = partitions
+        for tp in committed:
+            # Without a committed offset, re-read from the lowest dropped one: nothing skipped.
+            offset = tp.offset if tp.offset >= 0 else lowest[(tp.topic, tp.partition)]
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            except KafkaException as exc:
+                # Its new fetch has not started yet, so it starts from the committed offset.
+                log.debug("no rewind of %s/%d needed: %s", tp.topic, tp.partition, exc)
+        log.info("rewound %s to their committed offsets", sorted(lowest))
 
     def pause(self, keys: set[PartitionKey]) -> None:
         new = keys - self._paused
@@ -120,10 +169,14 @@ class KafkaSource:
 
     def _release(self, partitions: list[TopicPartition], *, lost: bool) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        log.info("%s %s", "lost" if lost else "revoked", sorted(keys))
+        if lost:
+            log.warning("lost %s: the next owner replays what was not committed", sorted(keys))
+        else:
+            log.info("revoked %s", sorted(keys))
         self._listener.on_revoked(self.consumer, keys, lost)
         self.assignment.difference_update(keys)
         self._paused.difference_update(keys)
+        self._released.update(keys)
 
     def _stats(self, stats_json: str) -> None:
         if self._on_lag is None:
