@@ -17,12 +17,12 @@ arithmetic over). Once a metric has overflowed, its other series carry
 ``otel_metric_overflow=""``, which Prometheus treats as no label. A series that holds a slot keeps
 it, so its value stays exact.
 
-:class:`CardinalityCollector` is a prometheus-client custom collector. The OpenTelemetry
-Prometheus reader is registered on a *private* registry; this collector, registered on the
-worker's registry, collects the private one once per scrape, yields every family unchanged and
-counts, in the same pass, the series of each family (one series = one label set: for a histogram
-its ``_count`` sample, not its ``_bucket`` lines) and whether one of them is the overflow series.
-After the usage families it yields three gauges:
+:class:`CardinalityCollector` is the prometheus-client custom collector of the usage metrics:
+once per scrape it collects the SDK through a `consumer.export.UsageReader`, yields the usage
+families (`consumer.export.UsageFamily`, named as the OpenTelemetry Prometheus exporter names
+them) and counts, in the same pass, the series of each (one series = one data point, i.e. one
+label set) and whether one of them is the overflow series. After the usage families it yields
+three gauges:
 
 * ``usage_consumer_metric_series{metric}``: series per usage metric, the overflow one included;
 * ``usage_consumer_cardinality_overflow{metric}``: 1 when that metric has an overflow series;
@@ -32,8 +32,7 @@ After the usage families it yields three gauges:
 name dashboards query: ``llm_request_count_total`` for a counter,
 ``llm_request_duration_milliseconds`` for the histogram. Only metrics that have recorded something
 appear (the SDK creates a metric's stream on its first measurement). Nothing is re-collected and
-no text is parsed: the cost is one comparison and one dict lookup per sample the scrape produces
-anyway.
+no text is parsed: the cost is one dict lookup per data point.
 """
 
 from __future__ import annotations
@@ -41,8 +40,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from consumer.export import FamilyBuilder, UsageReader
 
 __all__ = [
     "LIMIT_METRIC",
@@ -72,29 +72,21 @@ _LIMIT_HELP: Final = (
     "Label sets kept per usage metric; further sets fold into one extra overflow series."
 )
 
-# The sample that occurs exactly once per label set, by family type; others use the family name.
-_ONE_PER_SERIES_SUFFIX: Final[dict[str, str]] = {
-    "counter": "_total",
-    "histogram": "_count",
-    "summary": "_count",
-    "gaugehistogram": "_gcount",
-    "info": "_info",
-}
+#: The SDK attribute behind OVERFLOW_LABEL.
+_OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
 # How the text format names a family on its # TYPE line, where that is not the family name.
-_EXPOSITION_SUFFIX: Final[dict[str, str]] = {"counter": "_total", "info": "_info"}
+_EXPOSITION_SUFFIX: Final[dict[str, str]] = {"counter": "_total"}
 
 
 class CardinalityCollector:
-    """Yields the families of ``source`` unchanged, then their series counts and overflow flags.
-
-    ``source`` should hold only the OpenTelemetry reader's collector (it is the private registry
-    `build_meter_provider` gives the reader). ``limit`` is the cardinality limit configured on the
-    reader, reported as is.
+    """Yields the usage families that ``reader`` collects, then their series counts and
+    overflow flags. ``limit`` is the cardinality limit configured on the reader, reported as is.
     """
 
-    def __init__(self, source: CollectorRegistry, limit: int) -> None:
-        self._source = source
+    def __init__(self, reader: UsageReader, limit: int) -> None:
+        self._reader = reader
         self._limit = limit
+        self._builder = FamilyBuilder()
 
     def describe(self) -> Iterable[Metric]:
         """Our own families only, so that registering neither runs an SDK collect (a registry
@@ -105,20 +97,13 @@ class CardinalityCollector:
     def collect(self) -> Iterator[Metric]:
         series: dict[str, int] = {}
         overflow: dict[str, bool] = {}
-        for family in self._source.collect():
-            # Hand the family on first: the counting below only reads it.
-            yield family
-            one_per_series = family.name + _ONE_PER_SERIES_SUFFIX.get(family.type, "")
-            count = 0
-            overflowed = False
-            for sample in family.samples:
-                if sample.name == one_per_series:
-                    count += 1
-                    if sample.labels.get(OVERFLOW_LABEL) == _OVERFLOW_VALUE:
-                        overflowed = True
+        for family in self._builder.families(self._reader.read()):
             name = family.name + _EXPOSITION_SUFFIX.get(family.type, "")
-            series[name] = count
-            overflow[name] = overflowed
+            series[name] = len(family.rows)
+            overflow[name] = any(
+                point.attributes.get(_OVERFLOW_ATTRIBUTE) is True for _, point in family.rows
+            )
+            yield family
         yield from self._gauges(series, overflow)
 
     def _gauges(self, series: dict[str, int], overflow: dict[str, bool]) -> list[Metric]:

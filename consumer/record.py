@@ -1,22 +1,23 @@
 """The record stage: valid events into the TokenTracker, through the real OpenTelemetry SDK.
 
-`build_meter_provider` is the one place the SDK is configured: the Prometheus reader, the
-per-metric cardinality limit, and exemplars off (this worker has no spans, and the trace-based
-filter costs time on every measurement). The reader exports onto a private registry that a
-`CardinalityCollector` on the registry handed in passes through, counting series per metric and
-flagging overflow in the same scrape (see consumer.cardinality for how the limit counts).
+`build_meter_provider` is the one place the SDK is configured: the reader, the per-metric
+cardinality limit, and exemplars off (this worker has no spans, and the trace-based filter costs
+time on every measurement). The reader (`consumer.export.UsageReader`) is collected by a
+`CardinalityCollector` on the registry handed in, which yields the usage families as the
+OpenTelemetry Prometheus exporter would, counting series per metric and flagging overflow in
+the same scrape (see consumer.cardinality for how the limit counts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Counter, Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import CardinalityLimits
 from prometheus_client import CollectorRegistry
 
 from consumer.cardinality import CardinalityCollector
+from consumer.export import UsageReader
 from consumer.tracker import TokenTracker, UsageLike, UsageOptions
 from schemas import UsageEventV1
 
@@ -33,16 +34,10 @@ def build_meter_provider(registry: CollectorRegistry, cardinality_limit: int) ->
     `cardinality_limit + 1` series. `registry` also gets the series-count, overflow and
     limit gauges of `CardinalityCollector`.
     """
-    usage_registry = CollectorRegistry()  # private: holds the reader's collector only
     # The tracker's instrument kinds; a new kind must be added here to be limited.
     limits: CardinalityLimits = {Counter: cardinality_limit, Histogram: cardinality_limit}
-    reader = PrometheusMetricReader(
-        disable_target_info=True,
-        scope_info_enabled=False,
-        registry=usage_registry,
-        cardinality_limits=limits,
-    )
-    registry.register(CardinalityCollector(usage_registry, cardinality_limit))
+    reader = UsageReader(cardinality_limits=limits)
+    registry.register(CardinalityCollector(reader, cardinality_limit))
     return MeterProvider(
         metric_readers=[reader],
         exemplar_filter=AlwaysOffExemplarFilter(),

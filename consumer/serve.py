@@ -10,8 +10,10 @@ compete for the GIL.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -107,7 +109,10 @@ def _wants_only_openmetrics(accept: str) -> bool:
 class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         # A scraper hanging up mid-request is routine; socketserver would print a traceback.
-        log.debug("HTTP client %s went away", client_address, exc_info=True)
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("HTTP client %s went away", client_address, exc_info=True)
+        else:
+            log.error("request from %s failed", client_address, exc_info=True)
 
 
 def _make_handler(
@@ -137,21 +142,33 @@ def _make_handler(
             with scrape_lock:
                 token = observer.before_collect()
                 accept = self.headers.get("Accept", "")
-                if _wants_only_openmetrics(accept):
-                    encoder, content_type = choose_encoder(accept)
-                    body = encoder(registry)
-                else:
-                    # Prometheus accepts the classic text format too (it lists it, and */*),
-                    # and this renderer writes it several times faster than generate_latest.
-                    content_type = _TEXT_FORMAT
-                    body = renderer.render(registry)
                 try:
-                    self._send(HTTPStatus.OK, body, content_type)
+                    if _wants_only_openmetrics(accept):
+                        encoder, content_type = choose_encoder(accept)
+                        self._send(HTTPStatus.OK, encoder(registry), content_type)
+                    elif self.request_version == "HTTP/1.0":  # no chunked encoding
+                        self._send(HTTPStatus.OK, renderer.render(registry), _TEXT_FORMAT)
+                    else:
+                        # Prometheus accepts the classic text format too (it lists it, and
+                        # */*); this renderer writes it several times faster than
+                        # generate_latest, and sends it as it goes.
+                        self._send_chunked(renderer.chunks(registry), _TEXT_FORMAT)
                     self.wfile.flush()
                 except OSError as exc:
                     log.warning("scrape response not delivered: %s", exc)
+                    self.close_connection = True
                     return
                 observer.after_response(token)
+
+        def _send_chunked(self, chunks: Iterator[str], content_type: str) -> None:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for chunk in chunks:
+                data = chunk.encode("utf-8")
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self.wfile.write(b"0\r\n\r\n")
 
         def _probe(self, ok: bool, detail: str) -> None:
             status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import Counter, MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Counter, Histogram, MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from consumer.cardinality import (
@@ -29,6 +29,7 @@ from consumer.cardinality import (
     SERIES_METRIC,
     CardinalityCollector,
 )
+from consumer.export import UsageReader
 from consumer.metrics import WorkerMetrics
 from consumer.produce import synthetic_events
 from consumer.record import METER_NAME, build_meter_provider
@@ -201,18 +202,29 @@ def test_limit_n_keeps_n_series_and_adds_one_overflow_series(extra: int) -> None
     }
 
 
-def test_usage_families_pass_through_unchanged() -> None:
-    private = CollectorRegistry()
-    reader = PrometheusMetricReader(
-        disable_target_info=True, registry=private, cardinality_limits={Counter: 30}
+def test_usage_families_are_the_exporters_then_the_gauges() -> None:
+    """The same SDK state through the OpenTelemetry Prometheus exporter and through ours."""
+    limits = {Counter: 30, Histogram: 30}
+    reader = UsageReader(cardinality_limits=limits)
+    theirs = CollectorRegistry()
+    exporter = PrometheusMetricReader(
+        disable_target_info=True,
+        scope_info_enabled=False,
+        registry=theirs,
+        cardinality_limits=limits,
     )
-    provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)
+    provider = MeterProvider(
+        metric_readers=[reader, exporter],
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
+    )
     record(provider, [to_options(e) for e in flood_events(100, seed=9)], batched=True)
-    public = CollectorRegistry(auto_describe=True)
-    public.register(CardinalityCollector(private, 30))
+    ours = CollectorRegistry(auto_describe=True)
+    ours.register(CardinalityCollector(reader, 30))
 
-    through = generate_latest(public).decode()
-    direct = generate_latest(private).decode()  # cumulative: a second collect, same values
+    through = generate_latest(ours).decode()
+    direct = generate_latest(theirs).decode()
+    assert 'otel_metric_overflow="true"' in direct
     assert through.startswith(direct)
     assert all(
         line.startswith(("# HELP usage_consumer_", "# TYPE usage_consumer_", "usage_consumer_"))

@@ -1,11 +1,19 @@
-"""The fast text renderer writes exactly what prometheus-client's generate_latest writes."""
+"""The fast text renderer writes exactly what prometheus-client's generate_latest writes, and the
+usage metrics exactly what the OpenTelemetry Prometheus exporter would have them write."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk import metrics as sdk_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from consumer.cardinality import SERIES_METRIC, CardinalityCollector
+from consumer.export import UsageReader
 from consumer.exposition import TextRenderer
 from consumer.metrics import WorkerMetrics
 from consumer.produce import synthetic_events
@@ -68,3 +76,77 @@ def test_the_label_cache_is_bounded_and_cleared_when_over() -> None:
     renderer._labels.update({(("stale", str(n)),): "{}" for n in range(100)})  # over the bound
     assert renderer.render(registry) == generate_latest(registry)
     assert renderer._labels == in_use  # cleared before rendering: only live sets came back
+
+
+def _twins(limit: int) -> tuple[CollectorRegistry, CollectorRegistry, TokenTracker, Any]:
+    """One MeterProvider, two readers: the exporter's registry and the worker's."""
+    limits = {sdk_metrics.Counter: limit, sdk_metrics.Histogram: limit}
+    reader = UsageReader(cardinality_limits=limits)
+    theirs = CollectorRegistry()
+    exporter = PrometheusMetricReader(
+        disable_target_info=True,
+        scope_info_enabled=False,
+        registry=theirs,
+        cardinality_limits=limits,
+    )
+    provider = sdk_metrics.MeterProvider(
+        metric_readers=[reader, exporter],
+        exemplar_filter=sdk_metrics.AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
+    )
+    ours = CollectorRegistry(auto_describe=True)
+    ours.register(CardinalityCollector(reader, limit))
+    tracker = TokenTracker(provider.get_meter(METER_NAME), remembered_sets=limit)
+    return ours, theirs, tracker, provider
+
+
+def _usage_part(text: bytes) -> bytes:
+    return text.split(f"# HELP {SERIES_METRIC} ".encode(), 1)[0]
+
+
+_label_text = st.text(max_size=12)
+_usage = st.builds(
+    UsageOptions,
+    provider=st.sampled_from(["openai", "anthropic", 'q"uote', "back\\slash", ""]),
+    model=st.one_of(_label_text, st.sampled_from(["gpt-4o", "模型", "new\nline"])),
+    scenario=st.sampled_from(["", "chat", "batch"]),
+    input_tokens=st.integers(0, 10**7),
+    output_tokens=st.integers(0, 10**4),
+    cache_input_tokens=st.integers(0, 10**3),
+    system_tokens=st.integers(0, 50),
+    streamed=st.booleans(),
+    status=st.sampled_from(["success", "error", ""]),
+    error_code=st.sampled_from(["", "rate_limited", "x" * 100]),
+    latency_ms=st.one_of(st.integers(0, 700_000), st.floats(0, 1e6, allow_nan=False)),
+    user_tier=st.sampled_from(["", "free", "pro"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(st.lists(_usage, max_size=40), min_size=1, max_size=4),
+    limit=st.integers(1, 40),
+)
+def test_usage_text_is_the_exporters_byte_for_byte(
+    batches: list[list[UsageOptions]], limit: int
+) -> None:
+    ours, theirs, tracker, provider = _twins(limit)
+    renderer = TextRenderer()
+    for batch in batches:
+        tracker.record_batch(batch)
+        expected = generate_latest(theirs)
+        fast = renderer.render(ours)
+        assert _usage_part(fast) == expected
+        assert fast == generate_latest(ours)  # the lazy samples say the same
+    provider.shutdown()
+
+
+def test_chunks_join_to_the_whole_and_stay_small() -> None:
+    registry, tracker = _worker_registry()
+    events = [decode_fast(json.dumps(e).encode(), 65_536) for e in synthetic_events(6000, 4)]
+    tracker.record_batch(events)  # type: ignore[arg-type]
+    chunks = list(TextRenderer().chunks(registry))
+    whole = "".join(chunks).encode()
+    assert whole == generate_latest(registry)
+    assert len(chunks) > 3
+    assert max(len(c) for c in chunks) < 1_000_000
