@@ -153,9 +153,10 @@ class CommitWatch:
         result = self._admin.list_consumer_group_offsets([request])[group].result(timeout=10)
         return {tp.partition: tp.offset for tp in result.topic_partitions}
 
-    def complete(self, group: str) -> bool:
+    def complete(self, group: str, targets: Mapping[int, int] | None = None) -> bool:
+        """Whether `group` committed up to `targets` (default: the end of every partition)."""
         committed = self.committed(group)
-        return all(committed.get(p, -1) >= end for p, end in self._ends.items())
+        return all(committed.get(p, -1) >= end for p, end in (targets or self._ends).items())
 
 
 class Scraper:

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -42,7 +43,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import report
-from bench.config import Config
+from bench.config import ROWS, SLOW_ROWS, Config
 from bench.latency import run_latency
 from bench.procs import (
     REPO,
@@ -57,7 +58,6 @@ from bench.procs import (
 from consumer import broker
 from consumer.cli import ensure_topics
 
-ROWS = ("raw", "worker", "naive", "quix")
 WORKER_SCRAPE_S = 5.0
 QUIX_VENV = REPO / "bench" / ".venv-quix"
 QUIX_REQUIREMENTS = REPO / "bench" / "requirements-quix.txt"
@@ -81,6 +81,13 @@ def parse_config(argv: list[str] | None) -> Config:
         type=int,
         default=int(env.get("BENCH_EVENTS", d.events)),
         help=f"backlog size (env BENCH_EVENTS; default {d.events:,})",
+    )
+    p.add_argument(
+        "--slow-events",
+        type=int,
+        default=int(env.get("BENCH_SLOW_EVENTS", d.slow_events)),
+        help="how much of the backlog the naive and Quix rows drain "
+        f"(env BENCH_SLOW_EVENTS; default {d.slow_events:,})",
     )
     p.add_argument(
         "--reps",
@@ -131,10 +138,11 @@ def parse_config(argv: list[str] | None) -> Config:
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
-    if a.events < 1 or a.reps < 1 or a.partitions < 1:
-        p.error("--events, --reps and --partitions must be at least 1")
+    if a.events < 1 or a.reps < 1 or a.partitions < 1 or a.slow_events < 1:
+        p.error("--events, --slow-events, --reps and --partitions must be at least 1")
     return Config(
         events=a.events,
+        slow_events=min(a.slow_events, a.events),
         reps=a.reps,
         partitions=a.partitions,
         rows=rows,
@@ -152,6 +160,8 @@ def command_line(cfg: Config) -> str:
     """The exact command that reproduces this run's sizes."""
     d = Config()
     env = [f"BENCH_EVENTS={cfg.events}", f"BENCH_REPS={cfg.reps}"]
+    if cfg.slow_events != min(d.slow_events, cfg.events):
+        env.append(f"BENCH_SLOW_EVENTS={cfg.slow_events}")
     if cfg.partitions != d.partitions:
         env.append(f"BENCH_PARTITIONS={cfg.partitions}")
     if cfg.rows != d.rows:
@@ -303,6 +313,14 @@ class Bench:
     def backlog(self) -> int:
         return sum(self.ends.values())
 
+    def targets(self, row: str) -> dict[int, int]:
+        """The offsets a row drains to: the whole backlog, or for the slow rows the first
+        `slow_events` of it, each partition's share in proportion."""
+        if row not in SLOW_ROWS or self.cfg.slow_events >= self.backlog:
+            return dict(self.ends)
+        share = self.cfg.slow_events / self.backlog
+        return {p: min(end, math.ceil(end * share)) for p, end in self.ends.items()}
+
     def worker(self, group: str, name: str, topic: str | None = None) -> tuple[Measured, str]:
         port = free_port()
         argv = [
@@ -346,7 +364,9 @@ class Bench:
 def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
     group = f"bench-{row}-r{rep}-{uuid.uuid4().hex[:8]}"
     name = f"{row}-r{rep}"
-    timeout = 120 + b.backlog / 500  # no row is expected below 500 events/s
+    targets = b.targets(row)
+    events = sum(targets.values())
+    timeout = 120 + events / 500  # no row is expected below 500 events/s
     scraper: Scraper | None = None
     urls: list[str] = []
     if row in ("worker", "worker_x2"):
@@ -379,7 +399,7 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
                 if done is not None:
                     done_t = float(done["t"])
                     break
-            elif b.commits.complete(group):
+            elif b.commits.complete(group, targets):
                 done_t = time.time()
                 break
             else:
@@ -426,13 +446,13 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
         "position": position,
         "group": group,
         "processes": len(procs),
-        "events": b.backlog,
+        "events": events,
         "handled": counted,
         "startup_s": start_t - spawned,
         "window_s": window,
-        "events_per_s": b.backlog / window,
+        "events_per_s": events / window,
         "cpu_s": cpu,
-        "cpu_s_per_million": cpu / b.backlog * 1e6,
+        "cpu_s_per_million": cpu / events * 1e6,
         "cores_used": cpu / window,
         "peak_rss_mib": max(hwm),
         "peak_rss_mib_sum": sum(hwm),
@@ -457,7 +477,7 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
     log(
         f"{name}: {result['events_per_s']:,.0f} events/s, "
         f"{result['cpu_s_per_million']:.1f} CPU s/M, {result['peak_rss_mib']:.0f} MiB, "
-        f"handled {counted:,} of {b.backlog:,}, machine {result['machine_busy']:.0%} busy"
+        f"handled {counted:,} (window: {events:,}), machine {result['machine_busy']:.0%} busy"
     )
     return result
 
