@@ -12,7 +12,11 @@ their data points, named exactly as the exporter names them (its own mapping hel
 used). They build their `samples` only when something asks (`generate_latest`, the OpenMetrics
 encoder, tests), with the exporter's rules; `consumer.exposition.TextRenderer` writes them
 straight from the data points and caches each point's rendered labels. tests/test_exposition.py
-holds both to byte equality with the exporter itself.
+holds both to byte equality with the exporter itself (hypothesis-generated events, one
+MeterProvider feeding both readers).
+
+The mapping helpers come from the exporter's private `_mapping` module; pyproject.toml pins the
+exporter to the 0.66 line those tests pass on.
 """
 
 from __future__ import annotations

@@ -36,6 +36,14 @@ def test_defaults_render_the_delivery_critical_librdkafka_keys() -> None:
     assert "partition.assignment.strategy" not in producer
 
 
+def test_prefetch_is_small_and_refilled_promptly_unless_overridden() -> None:
+    config = load_settings().consumer_config()
+    assert (config["queued.max.messages.kbytes"], config["fetch.queue.backoff.ms"]) == (16_384, 50)
+    assert "fetch.queue.backoff.ms" not in load_settings().producer_config()
+    options = {"kafka_options": {"fetch.queue.backoff.ms": "200"}}
+    assert load_settings(options).consumer_config()["fetch.queue.backoff.ms"] == "200"
+
+
 def test_env_then_flags_take_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USAGE_CONSUMER_TOPIC", "from-env")
     monkeypatch.setenv("USAGE_CONSUMER_BATCH_SIZE", "77")
