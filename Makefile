@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars run test chaos bench test-unit lint format schema broker-start broker-stop clean
+.PHONY: help venv jars prometheus run test chaos bench test-unit lint format schema dashboard broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,10 +22,32 @@ $(STAMP): pyproject.toml
 jars: venv ## download the Kafka broker jars into the cache (first run only)
 	$(BIN)/python -c "from consumer.broker import ensure_jars; print('broker jars:', ensure_jars())"
 
+prometheus: ## install prometheus + promtool (Debian's package) when missing; no daemon left running
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+		echo "prometheus: already installed ($$(promtool --version 2>&1 | head -1))"; \
+	else \
+		set -e; \
+		command -v apt-get >/dev/null || { echo "no apt-get: install Prometheus >= 2.42 so prometheus and promtool are on PATH"; exit 1; }; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		policy=/usr/sbin/policy-rc.d; added=; \
+		if [ ! -e $$policy ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$policy >/dev/null; \
+			$$SUDO chmod 755 $$policy; added=1; \
+		fi; \
+		trap '[ -z "$$added" ] || $$SUDO rm -f '"$$policy" EXIT; \
+		$$SUDO apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold prometheus; \
+		if [ -d /run/systemd/system ]; then \
+			$$SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true; \
+		fi; \
+		echo "prometheus: installed ($$(promtool --version 2>&1 | head -1))"; \
+	fi
+
 run: venv jars ## the demo: local broker, demo producer and worker; Ctrl-C stops all
 	$(BIN)/usage-consumer demo
 
-test: venv jars lint ## the whole suite, integration tests on a real local broker included
+test: venv jars prometheus lint ## the whole suite, integration tests on a real local broker included
 	$(BIN)/pytest
 
 chaos: venv jars ## the fault suite's long soak; figures to docs/chaos-results.{md,json}
@@ -36,7 +58,7 @@ bench: venv jars ## benchmarks (BENCH_EVENTS, BENCH_REPS) to bench/results and d
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.run
 
-test-unit: venv ## only the tests that need no broker
+test-unit: venv prometheus ## only the tests that need no broker
 	$(BIN)/pytest -m "not integration"
 
 lint: venv ## ruff (lint and format check) and mypy --strict
@@ -50,6 +72,9 @@ format: venv ## apply ruff's fixes and formatting
 
 schema: venv ## regenerate schemas/usage_event.v1.schema.json from the model
 	$(BIN)/python -m schemas > schemas/usage_event.v1.schema.json
+
+dashboard: venv ## regenerate deploy/grafana/dashboards/llm-usage.json from deploy/grafana/dashboard.py
+	$(BIN)/python deploy/grafana/dashboard.py
 
 broker-start: venv jars ## start the local broker in .local/kafka and print its address
 	$(BIN)/usage-consumer broker start
