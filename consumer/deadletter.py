@@ -118,7 +118,10 @@ class DeadLetterSink:
         self._topic = topic
         self._ledger = ledger
         self._metrics = metrics
-        self._failed: list[DeadLetter] = []
+        self._failed: list[DeadLetter] = []  # failed, waiting for the retry back-off
+        # (partition, offset) of every letter that failed and is not delivered yet, retries in
+        # flight included: their partitions stay paused until the broker takes them.
+        self._unsettled: set[tuple[PartitionKey, int]] = set()
         self._retry_at = 0.0
 
     @property
@@ -155,6 +158,7 @@ class DeadLetterSink:
 
     def _delivered(self, letter: DeadLetter, err: KafkaError | None) -> None:
         if err is None:
+            self._unsettled.discard((letter.source, letter.offset))
             self._ledger.release(letter.source, letter.offset)
             self._metrics.dead_lettered.labels(letter.rejection.reason.value).inc()
             return
@@ -181,6 +185,7 @@ class DeadLetterSink:
             err.str(),
         )
         self._failed.append(letter)
+        self._unsettled.add((letter.source, letter.offset))
         self._retry_at = time.monotonic() + _RETRY_BACKOFF_S
 
     def service(self, timeout: float = 0.0) -> None:
@@ -191,6 +196,8 @@ class DeadLetterSink:
             for letter in retry:
                 if self._ledger.is_held(letter.source):  # still ours
                     self._produce(letter)
+                else:  # the partition left meanwhile: its next owner redoes the letter
+                    self._unsettled.discard((letter.source, letter.offset))
 
     def flush(self, timeout: float) -> int:
         """Wait for outstanding acknowledgements; returns how many are still in flight."""
@@ -204,9 +211,11 @@ class DeadLetterSink:
         self._producer.close()
 
     def blocked(self) -> set[PartitionKey]:
-        """Partitions whose dead letters failed and wait for a retry."""
-        return {letter.source for letter in self._failed}
+        """Partitions with a dead letter that failed and is not delivered yet (waiting for its
+        retry, or retried and in flight)."""
+        return {source for source, _ in self._unsettled}
 
     def forget(self, keys: set[PartitionKey]) -> None:
         """A partition left: its failed letters are the next owner's to redo."""
         self._failed = [letter for letter in self._failed if letter.source not in keys]
+        self._unsettled = {entry for entry in self._unsettled if entry[0] not in keys}

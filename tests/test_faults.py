@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -159,6 +160,18 @@ def _stop_all(scraper: Scraper) -> None:
         proc = inc.worker.proc
         if proc is not None and proc.poll() is None:
             assert inc.worker.stop(signal.SIGTERM) == 0, inc.worker.log()
+
+
+def _partition_gauge(series: Any, name: str, **match: str) -> dict[int, float]:
+    """usage_consumer_partition_<name> by partition number."""
+    out = {}
+    for (metric, labels), value in series.items():
+        found = dict(labels)
+        if metric == f"usage_consumer_partition_{name}" and all(
+            found.get(k) == v for k, v in match.items()
+        ):
+            out[int(found["partition"])] = value
+    return out
 
 
 def _count(seconds: float) -> int:
@@ -362,10 +375,21 @@ def test_5_dead_letter_topic_unwritable(
     }
     assert held
     before = committed_offsets(kafka_bootstrap, group_id, topic, 3)
-    time.sleep(3)  # scrapes go on, but a held partition must not advance
-    worker.scrape()
+    processed = _partition_gauge(scraped, "processed_offset")
+    time.sleep(3)  # scrapes go on, but a held partition must not advance...
+    rescraped = worker.scrape()
     after = committed_offsets(kafka_bootstrap, group_id, topic, 3)
     assert {p: after[p] for p in held} == {p: before[p] for p in held}
+    # ...nor be read on: it stays paused while its dead letters are retried.
+    still_held = held & {
+        p for p, v in _partition_gauge(rescraped, "held_dead_letters").items() if v > 0
+    }
+    assert still_held
+    assert {p: _partition_gauge(rescraped, "processed_offset")[p] for p in still_held} == {
+        p: processed[p] for p in still_held
+    }
+    paused = _partition_gauge(rescraped, "paused", reason="dead_letter")
+    assert all(paused.get(p) == 1 for p in still_held), paused
     for future in admin.create_topics([NewTopic(dlq, 1, 1)]).values():
         future.result(30)
     fault_end = time.monotonic()
