@@ -1,0 +1,139 @@
+"""The Prometheus rules and example config under deploy/prometheus, checked by promtool.
+
+promtool comes with Debian's `prometheus` package (`make prometheus` installs it). The unit tests
+in deploy/prometheus/tests feed every recording rule and every alert synthetic series and expect
+exact values, labels and rendered annotations; the tests here run them and check that they
+cover every rule, both firing and not firing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy" / "prometheus"
+RULE_FILES = [DEPLOY / "rules" / "recording.yml", DEPLOY / "rules" / "alerts.yml"]
+UNIT_TESTS = sorted((DEPLOY / "tests").glob("*.yml"))
+OPERATIONS_DOC = REPO / "docs" / "operations.md"
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def promtool(*args: str, cwd: Path = DEPLOY) -> str:
+    """Runs promtool; fails the test with its output unless it succeeds."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail("promtool not found: `make prometheus` installs it (Debian's prometheus)")
+    proc = subprocess.run(
+        [binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"promtool {' '.join(args)} exited {proc.returncode}:\n{output}"
+    return output
+
+
+def rules(kind: str) -> list[dict[str, Any]]:
+    """Every rule of one kind ("record" or "alert") across the rule files."""
+    out = []
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            out.extend(rule for rule in group["rules"] if kind in rule)
+    return out
+
+
+def unit_tests() -> list[dict[str, Any]]:
+    return [test for path in UNIT_TESTS for test in yaml.safe_load(path.read_text())["tests"]]
+
+
+def test_rule_files_pass_promtool_check() -> None:
+    output = promtool("check", "rules", *map(str, RULE_FILES))
+    assert f"SUCCESS: {len(rules('record'))} rules found" in output, output
+    assert f"SUCCESS: {len(rules('alert'))} rules found" in output, output
+
+
+def test_example_config_passes_promtool_check() -> None:
+    # check config also loads and checks the rule files it names
+    output = promtool("check", "config", "prometheus.yml")
+    assert "SUCCESS: 2 rule files found" in output, output
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    assert [(DEPLOY / f).resolve() for f in config["rule_files"]] == RULE_FILES
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "llm-usage-consumer"
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:9464"]}]
+
+
+def test_promtool_unit_tests_pass() -> None:
+    assert [p.name for p in UNIT_TESTS] == ["alerts_test.yml", "recording_test.yml"]
+    output = promtool("test", "rules", *(str(p.relative_to(DEPLOY)) for p in UNIT_TESTS))
+    assert output.count("SUCCESS") == len(UNIT_TESTS), output
+
+
+def test_every_recording_rule_has_an_exact_unit_test() -> None:
+    tested: dict[str, int] = {}
+    for test in unit_tests():
+        for case in test.get("promql_expr_test", []):
+            if case["exp_samples"]:
+                tested[case["expr"]] = tested.get(case["expr"], 0) + 1
+    names = [rule["record"] for rule in rules("record")]
+    assert len(names) == len(set(names)), names
+    assert sorted(set(names) - set(tested)) == []
+
+
+def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
+    firing: set[str] = set()
+    silent: set[str] = set()
+    for test in unit_tests():
+        for case in test.get("alert_rule_test", []):
+            (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+    names = {rule["alert"] for rule in rules("alert")}
+    assert sorted(names - firing) == [], "alerts never tested firing"
+    assert sorted(names - silent) == [], "alerts never tested not firing"
+
+
+def test_recording_rules_follow_the_naming_convention_and_sum_over_workers() -> None:
+    for rule in rules("record"):
+        name, expr = rule["record"], rule["expr"]
+        assert re.fullmatch(r"[a-z_]+:[a-z_]+:[a-z0-9_]+", name), name
+        # per-worker rates would double-count partitions moving between workers
+        assert "instance" not in expr, (name, expr)
+        if "rate(" in expr:
+            assert "sum by (" in expr, (name, expr)
+
+
+def test_alerts_carry_severity_summary_description_and_runbook() -> None:
+    anchors = []
+    for rule in rules("alert"):
+        name = rule["alert"]
+        assert re.fullmatch(r"UsageConsumer[A-Za-z]+", name), name
+        assert rule["labels"]["severity"] in SEVERITIES, name
+        annotations = rule["annotations"]
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
+        assert annotations["runbook_url"] == f"docs/operations.md#{name.lower()}", name
+        assert 'job="llm-usage-consumer"' in rule["expr"], name
+        anchors.append(name.lower())
+    assert len(anchors) == len(set(anchors)), anchors
+
+
+def _markdown_anchors(text: str) -> set[str]:
+    """GitHub's heading anchors (lower-cased, punctuation dropped, spaces to dashes)."""
+    anchors = set()
+    for line in text.splitlines():
+        heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).lower()).replace(" ", "-")
+            anchors.add(slug)
+    anchors.update(re.findall(r'<a\s+(?:name|id)="([^"]+)"', text))
+    return anchors
+
+
+def test_every_runbook_anchor_exists_in_the_operations_doc() -> None:
+    assert OPERATIONS_DOC.exists(), f"{OPERATIONS_DOC} holds the alerts' runbooks"
+    present = _markdown_anchors(OPERATIONS_DOC.read_text())
+    wanted = {rule["annotations"]["runbook_url"].split("#", 1)[1] for rule in rules("alert")}
+    assert sorted(wanted - present) == [], "runbook anchors missing from docs/operations.md"
