@@ -97,6 +97,12 @@ class Settings(BaseSettings):
 
     metrics_host: str = Field(default="0.0.0.0", description="Address the HTTP server binds.")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="Port of /metrics.")
+    web_config_file: str = Field(
+        default="",
+        description="TLS and basic auth of the HTTP server, in the format of Prometheus "
+        "exporters' web configuration file (tls_server_config, basic_auth_users with bcrypt "
+        "hashes); empty: plain HTTP, no auth.",
+    )
 
     batch_size: int = Field(default=1000, ge=1, le=100_000, description="Max events per batch.")
     batch_wait_ms: int = Field(

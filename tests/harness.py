@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.cardinality import CardinalityCollector
+from consumer.export import UsageReader
 
 Labels = frozenset[tuple[str, str]]
 Series = dict[tuple[str, Labels], float]
@@ -260,3 +268,26 @@ class WorkerProcess:
 
 def dump(obj: Any) -> bytes:
     return json.dumps(obj).encode()
+
+
+def twin_registries(limit: int) -> tuple[CollectorRegistry, CollectorRegistry, MeterProvider]:
+    """One MeterProvider, two readers: the worker's (`UsageReader` under `CardinalityCollector`)
+    on the first registry, the OpenTelemetry Prometheus exporter on the second, both with
+    `limit` as the cardinality limit, so the same measurements can be compared byte for byte."""
+    limits = {SdkCounter: limit, SdkHistogram: limit}
+    reader = UsageReader(cardinality_limits=limits)
+    theirs = CollectorRegistry()
+    exporter = PrometheusMetricReader(
+        disable_target_info=True,
+        scope_info_enabled=False,
+        registry=theirs,
+        cardinality_limits=limits,
+    )
+    provider = MeterProvider(
+        metric_readers=[reader, exporter],
+        exemplar_filter=AlwaysOffExemplarFilter(),
+        shutdown_on_exit=False,
+    )
+    ours = CollectorRegistry(auto_describe=True)
+    ours.register(CardinalityCollector(reader, limit))
+    return ours, theirs, provider

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
 from consumer.cardinality import (
@@ -27,9 +26,7 @@ from consumer.cardinality import (
     OVERFLOW_LABEL,
     OVERFLOW_METRIC,
     SERIES_METRIC,
-    CardinalityCollector,
 )
-from consumer.export import UsageReader
 from consumer.metrics import WorkerMetrics
 from consumer.produce import synthetic_events
 from consumer.record import METER_NAME, build_meter_provider
@@ -43,6 +40,7 @@ from tests.harness import (
     expected_series,
     parse_exposition,
     total,
+    twin_registries,
     usage_series,
 )
 
@@ -204,23 +202,8 @@ def test_limit_n_keeps_n_series_and_adds_one_overflow_series(extra: int) -> None
 
 def test_usage_families_are_the_exporters_then_the_gauges() -> None:
     """The same SDK state through the OpenTelemetry Prometheus exporter and through ours."""
-    limits = {Counter: 30, Histogram: 30}
-    reader = UsageReader(cardinality_limits=limits)
-    theirs = CollectorRegistry()
-    exporter = PrometheusMetricReader(
-        disable_target_info=True,
-        scope_info_enabled=False,
-        registry=theirs,
-        cardinality_limits=limits,
-    )
-    provider = MeterProvider(
-        metric_readers=[reader, exporter],
-        exemplar_filter=AlwaysOffExemplarFilter(),
-        shutdown_on_exit=False,
-    )
+    ours, theirs, provider = twin_registries(30)
     record(provider, [to_options(e) for e in flood_events(100, seed=9)], batched=True)
-    ours = CollectorRegistry(auto_describe=True)
-    ours.register(CardinalityCollector(reader, 30))
 
     through = generate_latest(ours).decode()
     direct = generate_latest(theirs).decode()

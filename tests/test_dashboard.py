@@ -30,6 +30,7 @@ from consumer.produce import synthetic_events
 from consumer.record import METER_NAME, build_meter_provider
 from consumer.tracker import TokenTracker, UsageOptions
 from consumer.validate import decode_fast
+from tests.harness import COUNTERS
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -458,13 +459,7 @@ def test_every_metric_and_label_a_query_uses_is_in_the_worker_exposition(
                     assert label in below | TARGET_LABELS, f"{title}: no label {label} to group"
     # the metrics are all on the dashboard
     for name in (
-        "llm_token_usage_input_total",
-        "llm_token_usage_output_total",
-        "llm_token_total",
-        "llm_token_cache_input_total",
-        "llm_token_system_total",
-        "llm_request_count_total",
-        "llm_request_errors_total",
+        *COUNTERS,
         "llm_request_duration_milliseconds_bucket",
         "usage_consumer_consumer_lag",
         "usage_consumer_dead_letters_total",

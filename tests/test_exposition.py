@@ -8,18 +8,16 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk import metrics as sdk_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consumer.cardinality import SERIES_METRIC, CardinalityCollector
-from consumer.export import UsageReader
+from consumer.cardinality import SERIES_METRIC
 from consumer.exposition import TextRenderer
 from consumer.metrics import WorkerMetrics
 from consumer.produce import synthetic_events
 from consumer.record import METER_NAME, build_meter_provider
 from consumer.tracker import TokenTracker, UsageOptions
 from consumer.validate import decode_fast
+from tests.harness import twin_registries
 
 
 def _worker_registry(limit: int = 10_000) -> tuple[CollectorRegistry, TokenTracker]:
@@ -79,23 +77,7 @@ def test_the_label_cache_is_bounded_and_cleared_when_over() -> None:
 
 
 def _twins(limit: int) -> tuple[CollectorRegistry, CollectorRegistry, TokenTracker, Any]:
-    """One MeterProvider, two readers: the exporter's registry and the worker's."""
-    limits = {sdk_metrics.Counter: limit, sdk_metrics.Histogram: limit}
-    reader = UsageReader(cardinality_limits=limits)
-    theirs = CollectorRegistry()
-    exporter = PrometheusMetricReader(
-        disable_target_info=True,
-        scope_info_enabled=False,
-        registry=theirs,
-        cardinality_limits=limits,
-    )
-    provider = sdk_metrics.MeterProvider(
-        metric_readers=[reader, exporter],
-        exemplar_filter=sdk_metrics.AlwaysOffExemplarFilter(),
-        shutdown_on_exit=False,
-    )
-    ours = CollectorRegistry(auto_describe=True)
-    ours.register(CardinalityCollector(reader, limit))
+    ours, theirs, provider = twin_registries(limit)
     tracker = TokenTracker(provider.get_meter(METER_NAME), remembered_sets=limit)
     return ours, theirs, tracker, provider
 
