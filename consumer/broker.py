@@ -13,6 +13,15 @@ that started it; everything needed to find it again lives in the data dir:
 
 A data dir is formatted once. Starting it again reuses its cluster id, ports and data, so a
 stopped broker comes back with the same bootstrap address and the same messages.
+
+Secured clusters: `start_broker(..., secure=SecureListener(...))` adds a SASL_SSL listener on a
+third port next to the PLAINTEXT one. Clients authenticate with SCRAM (users created when the
+data dir is formatted, `kafka-storage format --add-scram`) over TLS with the broker certificate
+of a PEM keystore (`ssl.keystore.type=PEM`); with `authorizer=True` the StandardAuthorizer
+checks ACLs on every listener. The PLAINTEXT and CONTROLLER listeners stay as they are, bound to
+127.0.0.1: they carry the controller and inter-broker traffic and serve as the admin door, so
+their principal, User:ANONYMOUS, is a super user. That keeps start-up, the readiness probe and
+every existing caller unchanged; it suits a test broker on loopback, not a shared one.
 """
 
 from __future__ import annotations
@@ -31,15 +40,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from consumer.errors import BrokerError
 
 __all__ = [
     "KAFKA_VERSION",
     "BrokerInfo",
+    "SecureListener",
     "broker_status",
     "default_jar_cache",
     "ensure_jars",
@@ -124,6 +134,95 @@ class BrokerInfo:
     controller_port: int
     pid: int
     data_dir: Path
+    # The SASL_SSL listener's address, when the broker was started with one.
+    secure_bootstrap: str | None = None
+
+
+_SECURE_LISTENER = "SASL_SSL"
+# Characters that would break the `--add-scram 'MECH=[name=...,password=...]'` syntax.
+_SCRAM_FORBIDDEN = frozenset(',[]="\\ \t\r\n')
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """A SASL_SSL listener added next to the PLAINTEXT one.
+
+    `keystore` is a PEM file holding the broker's private key (PKCS#8, unencrypted) followed by
+    its certificate chain; its certificate must name 127.0.0.1 (clients check the host name).
+    `scram_users` (name -> password) are created with `mechanism` when the data dir is
+    formatted, and only then: a formatted data dir keeps the users it was formatted with.
+    `authorizer` turns on the StandardAuthorizer: only `super_users` (plus User:ANONYMOUS, the
+    PLAINTEXT listener's principal) may do anything without an ACL. `port` None picks a free
+    one. The passwords are never written to server.properties or broker.json, and never shown
+    in a repr.
+    """
+
+    keystore: Path
+    scram_users: Mapping[str, str] = field(default_factory=dict, repr=False)
+    mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    authorizer: bool = False
+    super_users: tuple[str, ...] = ()
+    port: int | None = None
+
+    def properties(self) -> dict[str, str]:
+        """server.properties entries of this listener, besides `listeners` and the maps."""
+        name = _SECURE_LISTENER.lower()
+        mech = self.mechanism.lower()
+        props = {
+            f"listener.name.{name}.sasl.enabled.mechanisms": self.mechanism,
+            # The broker side of SCRAM needs a login module, but no credentials of its own:
+            # inter-broker traffic stays on PLAINTEXT.
+            f"listener.name.{name}.{mech}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            f"listener.name.{name}.ssl.keystore.type": "PEM",
+            f"listener.name.{name}.ssl.keystore.location": str(self.keystore.resolve()),
+        }
+        if self.authorizer:
+            props["authorizer.class.name"] = (
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            )
+            props["super.users"] = ";".join(
+                ["User:ANONYMOUS", *(f"User:{user}" for user in self.super_users)]
+            )
+            props["allow.everyone.if.no.acl.found"] = "false"
+        return props
+
+    def scram_arguments(self) -> list[str]:
+        """`kafka-storage format` arguments creating the SCRAM users."""
+        args: list[str] = []
+        for user, password in self.scram_users.items():
+            for what, value in (("user name", user), ("password", password)):
+                if not value or _SCRAM_FORBIDDEN.intersection(value):
+                    raise BrokerError(
+                        f'SCRAM {what} of {user!r} is empty or holds one of , [ ] = " \\ '
+                        "or whitespace"
+                    )
+            args += ["--add-scram", f"{self.mechanism}=[name={user},password={password}]"]
+        return args
+
+    def to_state(self, port: int) -> dict[str, Any]:
+        """What broker.json keeps (no passwords: the users live in the formatted metadata)."""
+        return {
+            "port": port,
+            "keystore": str(self.keystore.resolve()),
+            "mechanism": self.mechanism,
+            "authorizer": self.authorizer,
+            "super_users": list(self.super_users),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SecureListener:
+        mechanism = state.get("mechanism")
+        if mechanism not in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise BrokerError(f"broker.json names an unknown SCRAM mechanism {mechanism!r}")
+        return cls(
+            keystore=Path(str(state["keystore"])),
+            mechanism=mechanism,
+            authorizer=bool(state.get("authorizer")),
+            super_users=tuple(str(user) for user in state.get("super_users", ())),
+            port=int(state["port"]),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +322,7 @@ def start_broker(
     timeout: float = 120.0,
     extra_properties: Mapping[str, str] | None = None,
     jars: Path | None = None,
+    secure: SecureListener | None = None,
 ) -> BrokerInfo:
     """Start a single-node broker on 127.0.0.1 for `data_dir` and wait until it answers.
 
@@ -235,6 +335,11 @@ def start_broker(
     listener). In their values, "{port}" and "{controller_port}" stand for the ports in use, so
     a `listeners` override can keep the two standard listeners. The returned bootstrap address
     is the PLAINTEXT listener's.
+
+    `secure` adds a SASL_SSL listener (see SecureListener); its address is the returned
+    `secure_bootstrap`. Like the extra properties, a data dir keeps the secure listener it was
+    last started with when `secure` is None. Its SCRAM users are created only when the data dir
+    is formatted.
 
     Raises BrokerError, with the end of the broker's log, if the broker exits or is not ready
     within `timeout` seconds; in the latter case it is stopped first.
@@ -278,13 +383,32 @@ def start_broker(
         else:
             extra = dict(extra_properties)
 
+        stored_secure = state.get("secure") if formatted else None
+        if secure is None and isinstance(stored_secure, dict):
+            secure = SecureListener.from_state(stored_secure)
+        secure_port: int | None = None
+        if secure is not None:
+            if not secure.keystore.is_file():
+                raise BrokerError(f"the broker keystore {secure.keystore} does not exist")
+            secure_port = secure.port or _free_port_except({broker_port, controller_port})
+            if secure_port in (broker_port, controller_port):
+                raise BrokerError(f"port {secure_port} is already one of the broker's ports")
+            if secure.port is not None and not _port_is_free(secure_port):
+                raise BrokerError(f"port {secure_port} for the SASL_SSL listener is already in use")
+
+        listeners = f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+        advertised = f"PLAINTEXT://127.0.0.1:{broker_port}"
         props = dict(_SINGLE_NODE_PROPERTIES)
+        if secure is not None:
+            secure_url = f"{_SECURE_LISTENER}://127.0.0.1:{secure_port}"
+            listeners += f",{secure_url}"
+            advertised += f",{secure_url}"
+            props["listener.security.protocol.map"] += f",{_SECURE_LISTENER}:{_SECURE_LISTENER}"
+            props.update(secure.properties())
         props.update(
             {
-                "listeners": (
-                    f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
-                ),
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+                "listeners": listeners,
+                "advertised.listeners": advertised,
                 # A static voter, as the official image does; a single node needs no dynamic quorum.
                 "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
                 "log.dirs": str(kraft_dir),
@@ -302,7 +426,8 @@ def start_broker(
         log_opts = [f"-Dlog4j2.configurationFile={_LOG4J_CONFIG}", f"-Dkafka.logs.dir={logs_dir}"]
         if cluster_id is None:
             cluster_id = _new_cluster_id()
-            _format_storage(java, classpath, log_opts, cluster_id, props_file)
+            scram = secure.scram_arguments() if secure is not None else []
+            _format_storage(java, classpath, log_opts, cluster_id, props_file, extra_args=scram)
 
         bootstrap = f"127.0.0.1:{broker_port}"
         _rotate(data_dir / _CONSOLE_LOG)
@@ -330,6 +455,11 @@ def start_broker(
                 "cluster_id": cluster_id,
                 "kafka_version": KAFKA_VERSION,
                 "extra_properties": extra,
+                "secure": (
+                    secure.to_state(secure_port)
+                    if secure is not None and secure_port is not None
+                    else None
+                ),
             },
         )
         info = BrokerInfo(
@@ -338,6 +468,7 @@ def start_broker(
             controller_port=controller_port,
             pid=pid,
             data_dir=data_dir,
+            secure_bootstrap=None if secure_port is None else f"127.0.0.1:{secure_port}",
         )
         _wait_ready(info, timeout)
         return info
@@ -371,12 +502,15 @@ def broker_status(data_dir: Path) -> BrokerInfo | None:
         return None
     if not _is_our_broker(pid, data_dir):
         return None
+    secure = state.get("secure")
+    secure_port = secure.get("port") if isinstance(secure, dict) else None
     return BrokerInfo(
         bootstrap=f"127.0.0.1:{port}",
         port=port,
         controller_port=controller_port,
         pid=pid,
         data_dir=data_dir,
+        secure_bootstrap=f"127.0.0.1:{secure_port}" if isinstance(secure_port, int) else None,
     )
 
 
@@ -422,7 +556,13 @@ def _stored_cluster_id(kraft_dir: Path) -> str | None:
 
 
 def _format_storage(
-    java: str, classpath: str, log_opts: list[str], cluster_id: str, props_file: Path
+    java: str,
+    classpath: str,
+    log_opts: list[str],
+    cluster_id: str,
+    props_file: Path,
+    *,
+    extra_args: list[str],
 ) -> None:
     cmd = [
         java,
@@ -437,6 +577,7 @@ def _format_storage(
         cluster_id,
         "-c",
         str(props_file),
+        *extra_args,
     ]
     try:
         done = subprocess.run(
@@ -451,6 +592,10 @@ def _format_storage(
         raise BrokerError("formatting the broker's storage took over 120 s") from exc
     if done.returncode != 0:
         output = _last_lines(done.stdout + done.stderr, _LOG_TAIL_LINES)
+        # The command line holds the SCRAM passwords; the tool's output could quote them.
+        for arg in extra_args:
+            if arg.startswith("SCRAM-"):
+                output = output.replace(arg, "SCRAM-...=[redacted]")
         raise BrokerError(
             f"formatting the broker's storage failed (exit {done.returncode}):\n{output}"
         )
@@ -580,6 +725,16 @@ def _free_ports(port: int | None) -> tuple[int, int]:
             taken.append(int(sock.getsockname()[1]))
         broker_port, controller_port = taken
     return broker_port, controller_port
+
+
+def _free_port_except(taken: set[int]) -> int:
+    """A port free on 127.0.0.1 now, not among `taken`."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 def _port_is_free(port: int) -> bool:

@@ -3,16 +3,24 @@
 CLI flags win over environment variables, which win over defaults. Every field maps to one env
 var (`USAGE_CONSUMER_<FIELD>`) and one flag (`--<field-with-dashes>`); `ConfigError` names both.
 librdkafka keys are rendered here and nowhere else.
+
+The SASL password comes from `sasl_password` (env, best from a Kubernetes secretKeyRef) or from
+`sasl_password_file`, a file such as a key of a Kubernetes Secret mounted as a volume. Either way
+it is held as a SecretStr: repr, str and model dumps show it masked, and only the librdkafka
+configs (`consumer_config`, `producer_config`) hold it in clear. The files the security settings
+name (password, CA) are checked here, so a missing one stops start-up naming the setting.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -66,6 +74,39 @@ _CONSUMER_ONLY_KEYS = frozenset(
 _CLASSIC_ONLY_KEYS = frozenset(
     {"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"}
 )
+# SASL mechanisms that authenticate with a user name and a password.
+_PASSWORD_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+# Far above any real password; a bigger file is the wrong file.
+_MAX_PASSWORD_FILE_BYTES = 65_536
+
+
+def _read_password_file(path: str) -> str:
+    """The password in `path`, without its trailing line break; ValueError if unusable.
+
+    The message names the file, never its content."""
+    file = Path(path)
+    if file.is_dir():
+        raise ValueError(f"password file {path} is a directory, not a file")
+    if not file.is_file():
+        raise ValueError(f"password file {path} does not exist")
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(_MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"password file {path} cannot be read: {exc.strerror}") from None
+    if len(data) > _MAX_PASSWORD_FILE_BYTES:
+        raise ValueError(f"password file {path} is over {_MAX_PASSWORD_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"password file {path} is not UTF-8 text") from None
+    # `echo secret > file` and editors add a line break; a Secret made with --from-literal has
+    # none. Only line breaks go: spaces could be part of the password.
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ValueError(f"password file {path} is empty")
+    return password
 
 
 class Settings(BaseSettings):
@@ -166,11 +207,29 @@ class Settings(BaseSettings):
         default=5000, ge=0, le=600_000, description="librdkafka statistics (consumer lag) period."
     )
 
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = ""
-    sasl_username: str = ""
-    sasl_password: SecretStr = SecretStr("")
-    ssl_ca_location: str = ""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How to reach Kafka: SASL_SSL (authenticated and encrypted) for a secured "
+        "cluster.",
+    )
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = Field(
+        default="", description="SASL mechanism; required with SASL_SSL and SASL_PLAINTEXT."
+    )
+    sasl_username: str = Field(default="", description="SASL user name.")
+    sasl_password: SecretStr = Field(
+        default=SecretStr(""),
+        description="SASL password (masked in every dump); or use sasl_password_file.",
+    )
+    sasl_password_file: str = Field(
+        default="",
+        description="File holding the SASL password, e.g. a key of a Kubernetes Secret mounted "
+        "as a volume; its trailing line break is ignored. Read once at start-up.",
+    )
+    ssl_ca_location: str = Field(
+        default="",
+        description="PEM file (or directory) of the CA certificates that signed the brokers' "
+        "certificates; empty: the system's CA store.",
+    )
     kafka_options: dict[str, str] = Field(
         default_factory=dict,
         description=(
@@ -180,6 +239,37 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # The password read from sasl_password_file; private, so no dump or repr shows it.
+    _file_password: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @field_validator("ssl_ca_location")
+    @classmethod
+    def _ca_is_readable(cls, value: str) -> str:
+        if not value or value == "probe":  # librdkafka's "probe": the system's CA locations
+            return value
+        path = Path(value)
+        if path.is_dir():
+            return value  # a directory of hashed CA certificates, as OpenSSL reads them
+        if not path.exists():
+            raise ValueError(f"CA file {value} does not exist")
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(1_048_576)
+        except OSError as exc:
+            raise ValueError(f"CA file {value} cannot be read: {exc.strerror}") from None
+        if _PEM_CERTIFICATE not in head:
+            raise ValueError(
+                f"CA file {value} holds no PEM certificate ({_PEM_CERTIFICATE.decode()} ... lines)"
+            )
+        return value
+
+    @field_validator("sasl_password_file")
+    @classmethod
+    def _password_file_is_readable(cls, value: str) -> str:
+        if value:
+            _read_password_file(value)
+        return value
 
     @field_validator("kafka_options")
     @classmethod
@@ -211,7 +301,40 @@ class Settings(BaseSettings):
                 )
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
             raise ValueError("sasl_mechanism is required when security_protocol is SASL_*")
+        self._check_credentials()
         return self
+
+    def _check_credentials(self) -> None:
+        from_env = self.sasl_password.get_secret_value()
+        if from_env and self.sasl_password_file:
+            raise ValueError(
+                "sasl_password and sasl_password_file are both set: keep one source of the password"
+            )
+        if self.sasl_password_file:
+            self._file_password = SecretStr(_read_password_file(self.sasl_password_file))
+        uses_sasl = self.security_protocol.startswith("SASL")
+        if self.sasl_mechanism and not uses_sasl:
+            raise ValueError(
+                f"sasl_mechanism {self.sasl_mechanism} has no effect with security_protocol "
+                f"{self.security_protocol}: use SASL_SSL"
+            )
+        if uses_sasl and self.sasl_mechanism in _PASSWORD_MECHANISMS:
+            if not self.sasl_username:
+                raise ValueError(f"sasl_username is required with {self.sasl_mechanism}")
+            if not self.sasl_secret().get_secret_value():
+                raise ValueError(
+                    f"a password is required with {self.sasl_mechanism}: set "
+                    "sasl_password_file or sasl_password"
+                )
+        if self.ssl_ca_location and "SSL" not in self.security_protocol:
+            raise ValueError(
+                f"ssl_ca_location is set but security_protocol {self.security_protocol} does "
+                "not use TLS: use SASL_SSL or SSL"
+            )
+
+    def sasl_secret(self) -> SecretStr:
+        """The SASL password, from sasl_password or sasl_password_file (masked when printed)."""
+        return self.sasl_password if self.sasl_password.get_secret_value() else self._file_password
 
     @property
     def dead_letter_topic(self) -> str:
@@ -226,7 +349,7 @@ class Settings(BaseSettings):
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username
-            config["sasl.password"] = self.sasl_password.get_secret_value()
+            config["sasl.password"] = self.sasl_secret().get_secret_value()
         if self.ssl_ca_location:
             config["ssl.ca.location"] = self.ssl_ca_location
         config.update(self.kafka_options)
@@ -300,6 +423,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
 
 def _describe(error: Any) -> str:
     message = str(error["msg"])
-    if "input" in error and error["type"] != "missing" and not isinstance(error["input"], dict):
+    secret = bool(error["loc"]) and error["loc"][0] == "sasl_password"
+    if (
+        "input" in error
+        and error["type"] != "missing"
+        and not isinstance(error["input"], dict)
+        and not secret  # never echo what might be a password
+    ):
         return f"{message} (got {error['input']!r})"
     return message

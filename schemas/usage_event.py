@@ -226,8 +226,8 @@ class UsageEventV1(BaseModel):
     )
     event_id: EventId = Field(
         description="Unique ID of this event, chosen by the producer (a UUID or ULID is"
-        " recommended). Redeliveries and retries of the same event must reuse it:"
-        " consumers use it to drop duplicates.",
+        " recommended). Retries of the same event must reuse it, so that duplicates can be"
+        " traced (this consumer counts every message it reads; it does not de-duplicate).",
     )
     occurred_at: OccurredAt = Field(
         description="When the usage happened (normally when the gateway finished the"
