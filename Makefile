@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars prometheus run test chaos bench test-unit lint format schema dashboard broker-start broker-stop clean
+.PHONY: help venv jars prometheus chromium run test chaos bench test-unit lint format schema dashboard broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,10 +44,22 @@ prometheus: ## install prometheus + promtool (Debian's package) when missing; no
 		echo "prometheus: installed ($$(promtool --version 2>&1 | head -1))"; \
 	fi
 
+chromium: ## install Debian's chromium (the status page's browser test) when missing
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: already installed ($$(/usr/bin/chromium --version 2>/dev/null | head -1))"; \
+	else \
+		set -e; \
+		command -v apt-get >/dev/null || { echo "no apt-get: install Chromium so /usr/bin/chromium exists"; exit 1; }; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+		echo "chromium: installed ($$(/usr/bin/chromium --version 2>/dev/null | head -1))"; \
+	fi
+
 run: venv jars ## the demo: local broker, demo producer and worker; Ctrl-C stops all
 	$(BIN)/usage-consumer demo
 
-test: venv jars prometheus lint ## the whole suite, integration tests on a real local broker included
+test: venv jars prometheus chromium lint ## the whole suite, integration tests on a real local broker included
 	$(BIN)/pytest
 
 chaos: venv jars ## the fault suite's long soak; figures to docs/chaos-results.{md,json}

@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -29,7 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer import broker
+from consumer import broker, logs, replay
 from consumer.commit import Committer, LedgerCollector, OffsetLedger, ScrapeAcknowledger
 from consumer.deadletter import DeadLetterSink
 from consumer.errors import ConfigError, UsageConsumerError
@@ -38,11 +39,14 @@ from consumer.produce import Publisher, synthetic_events
 from consumer.record import METER_NAME, Recorder, build_meter_provider
 from consumer.serve import HealthState, MetricsServer
 from consumer.settings import ENV_PREFIX, Settings, load_settings
-from consumer.source import KafkaSource
+from consumer.source import ClientIdentity, KafkaSource
+from consumer.status import Membership, SeriesCounts, StatusPage, StatusSources
 from consumer.tracker import TokenTracker
 from consumer.validate import Rejection, decode
+from consumer.webconfig import load_web_config
 from consumer.worker import Backpressure, Rebalancer, Worker
 from schemas import json_schema_text
+from schemas.usage_event import parse_rfc3339
 
 __all__ = ["main", "run_worker"]
 
@@ -59,6 +63,8 @@ _COMMIT_MODES = {
 
 def run_worker(settings: Settings, stop: threading.Event) -> int:
     """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
+    # First: a bad web configuration must stop start-up before anything joins the group.
+    web = load_web_config(settings.web_config_file) if settings.web_config_file else None
     registry = CollectorRegistry(auto_describe=True)
     meter_provider = build_meter_provider(registry, settings.cardinality_limit)
     tracker = TokenTracker(
@@ -71,7 +77,13 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     committer = Committer(ledger, metrics)
 
     dead_letters = DeadLetterSink(
-        Producer(settings.producer_config()), settings.dead_letter_topic, ledger, metrics
+        Producer(settings.producer_config()),
+        settings.dead_letter_topic,
+        ledger,
+        metrics,
+        identity=ClientIdentity.of(
+            settings.producer_config(), settings.topic, settings.dead_letter_topic
+        ),
     )
     rebalancer = Rebalancer(
         ledger,
@@ -86,13 +98,29 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         for (topic, partition), value in lag.items():
             metrics.consumer_lag.labels(topic, str(partition)).set(value)
 
-    source = KafkaSource(settings.consumer_config(), settings.topic, rebalancer, on_lag)
+    membership = Membership(rebalancer)
+    source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
+    status = StatusPage(
+        StatusSources(
+            settings=settings,
+            ledger=ledger,
+            health=health,
+            dead_letters=dead_letters.recent,
+            metrics=metrics,
+            series=SeriesCounts(registry),
+            member_id=lambda: membership.member_id,
+            tls=web is not None and web.tls is not None,
+            basic_auth=web is not None and bool(web.users),
+        )
+    )
     server = MetricsServer(
         settings.metrics_host,
         settings.metrics_port,
         registry,
         health,
         ScrapeAcknowledger(ledger, metrics),
+        status=status,
+        web=web,
     )
     worker = Worker(
         source=source,
@@ -114,13 +142,15 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     host, port = server.address
     log.info(
         "consuming %s as group %s (%s protocol); dead letters to %s; metrics on "
-        "http://%s:%d/metrics",
+        "%s://%s:%d/metrics, status page on /%s",
         settings.topic,
         settings.group_id,
         settings.group_protocol,
         settings.dead_letter_topic,
+        server.scheme,
         host,
         port,
+        " (basic auth)" if web is not None and web.users else "",
     )
     log.info("commit mode %s: %s", settings.commit_mode, _COMMIT_MODES[settings.commit_mode])
     log.debug("settings: %s", settings.redacted())
@@ -181,10 +211,46 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(_overrides(args))
-    logging.getLogger().setLevel(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     stop = threading.Event()
     _stop_on_signals(stop)
     return run_worker(settings, stop)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    logs.configure(settings.log_level, settings.log_format)
+    since_ms = None
+    if args.from_timestamp is not None:
+        try:
+            since = parse_rfc3339(args.from_timestamp)
+        except ValueError:  # pydantic's errors are ValueErrors
+            raise UsageConsumerError(
+                f"--from-timestamp {args.from_timestamp!r} is not an RFC 3339 date-time with a "
+                "time zone, e.g. 2026-11-27T10:00:00Z"
+            ) from None
+        assert isinstance(since, datetime)
+        since_ms = int(since.timestamp() * 1000)
+    return replay.run(
+        AdminClient(settings.admin_config()),
+        settings.group_id,
+        settings.topic,
+        sys.stdout,
+        _confirmer(args.yes),
+        from_timestamp_ms=since_ms,
+        from_offset=args.from_offset,
+    )
+
+
+def _confirmer(yes: bool) -> Callable[[str], bool]:
+    def confirm(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise UsageConsumerError("not a terminal to confirm on: pass --yes to reset")
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+    return confirm
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -356,6 +422,20 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(demo)
     demo.set_defaults(func=_cmd_demo)
 
+    rep = sub.add_parser(
+        "replay", help="move the group's offsets back for a backfill, then follow it to the end"
+    )
+    start = rep.add_mutually_exclusive_group(required=True)
+    start.add_argument(
+        "--from-timestamp", metavar="RFC3339", help="replay from the first event at or after it"
+    )
+    start.add_argument(
+        "--from-offset", type=int, metavar="N", help="replay every partition from offset N"
+    )
+    rep.add_argument("--yes", action="store_true", help="reset without asking")
+    _settings_flags(rep)
+    rep.set_defaults(func=_cmd_replay)
+
     brk = sub.add_parser("broker", help="the embedded single-node Kafka broker")
     brk.add_argument("action", choices=["start", "stop"])
     brk.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
@@ -385,12 +465,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("opentelemetry").setLevel(logging.ERROR)
+    logs.configure()  # commands that load settings apply log_level and log_format
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))

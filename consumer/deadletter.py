@@ -18,12 +18,18 @@ partition, and the source offset still points at the whole message.
 Its source offset is *held* in the ledger until the broker acknowledges the dead letter, so the
 partition's commit never passes a message that is neither recorded nor safely dead-lettered.
 A failed delivery is retried (with backoff) until it succeeds or the partition is revoked.
+
+`RecentDeadLetters` keeps, per reason code, how many letters were rejected, acknowledged and
+failed, and the last few of them (a short printable prefix of the value), for the status page:
+an operator looking at a growing DLQ wants to see *what* is arriving without reading the topic.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import cast
 
@@ -36,15 +42,19 @@ from confluent_kafka import (
 )
 
 from consumer.commit import OffsetLedger, PartitionKey
+from consumer.errors import ConsumeError
 from consumer.metrics import WorkerMetrics
+from consumer.source import ClientIdentity, access_error
 from consumer.validate import Rejection
 
-__all__ = ["DeadLetter", "DeadLetterSink"]
+__all__ = ["DeadLetter", "DeadLetterExample", "DeadLetterSink", "ReasonCounts", "RecentDeadLetters"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_BACKOFF_S = 1.0
 TRUNCATED_VALUE_BYTES = 65_536
+EXAMPLES_PER_REASON = 5
+EXAMPLE_VALUE_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +114,100 @@ class DeadLetter:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetterExample:
+    """One rejected message as the status page shows it: never more than a short prefix."""
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    value_prefix: str  # the first EXAMPLE_VALUE_CHARS characters, non-printables escaped
+    value_bytes: int  # the whole value's size; -1 for a null value
+    at: float  # wall-clock time it was rejected (time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCounts:
+    rejected: int
+    acknowledged: int
+    failed: int  # failed write attempts (each is retried)
+    examples: tuple[DeadLetterExample, ...]  # oldest first, at most `per_reason`
+
+
+class _Reason:
+    __slots__ = ("acknowledged", "examples", "failed", "rejected")
+
+    def __init__(self, per_reason: int) -> None:
+        self.rejected = self.acknowledged = self.failed = 0
+        self.examples: deque[DeadLetterExample] = deque(maxlen=per_reason)
+
+
+def _printable(text: str) -> str:
+    # Control and format characters (NUL, escape sequences, bidi overrides) would garble or
+    # disguise what an operator reads; show them as escapes instead.
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+class RecentDeadLetters:
+    """Counts per reason code and the last few examples of each; bounded in size.
+
+    Reason codes are a closed set (consumer.validate.Reason) and each keeps at most
+    `per_reason` examples of at most `value_chars` characters, so this never grows with the
+    traffic. Written by the worker loop, read by HTTP threads: locked.
+    """
+
+    def __init__(
+        self, per_reason: int = EXAMPLES_PER_REASON, value_chars: int = EXAMPLE_VALUE_CHARS
+    ) -> None:
+        self._per_reason = per_reason
+        self._value_chars = value_chars
+        self._reasons: dict[str, _Reason] = {}
+        self._lock = threading.Lock()
+
+    def _entry(self, reason: str) -> _Reason:
+        entry = self._reasons.get(reason)
+        if entry is None:
+            entry = self._reasons[reason] = _Reason(self._per_reason)
+        return entry
+
+    def rejected(self, letter: DeadLetter, at: float | None = None) -> None:
+        value = letter.value
+        # Cut the bytes before decoding: a 10 MiB message must not cost 10 MiB of work here.
+        raw = b"" if value is None else value[: self._value_chars * 4]
+        example = DeadLetterExample(
+            reason=letter.rejection.reason.value,
+            detail=_printable(letter.rejection.detail[:300]),
+            topic=letter.topic,
+            partition=letter.partition,
+            offset=letter.offset,
+            value_prefix=_printable(raw.decode("utf-8", "replace")[: self._value_chars]),
+            value_bytes=-1 if value is None else len(value),
+            at=time.time() if at is None else at,
+        )
+        with self._lock:
+            entry = self._entry(example.reason)
+            entry.rejected += 1
+            entry.examples.append(example)
+
+    def acknowledged(self, letter: DeadLetter) -> None:
+        with self._lock:
+            self._entry(letter.rejection.reason.value).acknowledged += 1
+
+    def failed(self, letter: DeadLetter) -> None:
+        with self._lock:
+            self._entry(letter.rejection.reason.value).failed += 1
+
+    def snapshot(self) -> dict[str, ReasonCounts]:
+        """Per reason code, sorted by code."""
+        with self._lock:
+            return {
+                reason: ReasonCounts(e.rejected, e.acknowledged, e.failed, tuple(e.examples))
+                for reason, e in sorted(self._reasons.items())
+            }
+
+
 class DeadLetterSink:
     """Writes dead letters and releases their offsets once the broker acknowledges them."""
 
@@ -113,11 +217,16 @@ class DeadLetterSink:
         topic: str,
         ledger: OffsetLedger,
         metrics: WorkerMetrics,
+        *,
+        recent: RecentDeadLetters | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
+        self._identity = identity or ClientIdentity(dlq_topic=topic)
         self._ledger = ledger
         self._metrics = metrics
+        self.recent = recent if recent is not None else RecentDeadLetters()
         self._failed: list[DeadLetter] = []  # failed, waiting for the retry back-off
         # (partition, offset) of every letter that failed and is not delivered yet, retries in
         # flight included: their partitions stay paused until the broker takes them.
@@ -129,6 +238,7 @@ class DeadLetterSink:
         return self._topic
 
     def send(self, letter: DeadLetter) -> None:
+        self.recent.rejected(letter)
         self._ledger.hold(letter.source, letter.offset)
         self._produce(letter)
 
@@ -161,6 +271,7 @@ class DeadLetterSink:
             self._unsettled.discard((letter.source, letter.offset))
             self._ledger.release(letter.source, letter.offset)
             self._metrics.dead_lettered.labels(letter.rejection.reason.value).inc()
+            self.recent.acknowledged(letter)
             return
         if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter.original_size is None:
             log.warning(
@@ -174,6 +285,7 @@ class DeadLetterSink:
             self._produce(letter.truncated())
             return
         self._metrics.dead_letter_failures.inc()
+        self.recent.failed(letter)
         log.error(
             "dead-letter write to %s failed for %s/%d@%d (%s): %s; the partition will not "
             "advance until it succeeds",
@@ -190,7 +302,15 @@ class DeadLetterSink:
 
     def service(self, timeout: float = 0.0) -> None:
         """Serve delivery reports and retry failed dead letters when their backoff is over."""
-        self._producer.poll(timeout)
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            # A fatal producer error (e.g. no producer id: the principal may write no topic)
+            # is raised from poll(), not reported through a delivery callback.
+            err = exc.args[0]
+            raise access_error(err, self._identity) or ConsumeError(
+                f"the dead-letter producer failed: {err.str()}"
+            ) from None
         if self._failed and time.monotonic() >= self._retry_at:
             retry, self._failed = self._failed, []
             for letter in retry:

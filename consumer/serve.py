@@ -1,19 +1,31 @@
-"""The serve stage: `/metrics`, `/healthz` and `/readyz` over HTTP.
+"""The serve stage: `/metrics`, `/healthz`, `/readyz`, and the status page `/` and `/status`.
 
 `/metrics` is a small handler of our own rather than prometheus-client's `start_http_server`,
 because the commit point can move to "after a scrape": the handler asks a `ScrapeObserver` for a
 token *before* collecting and hands it back only *after* the response was written completely.
 Scrapes are serialized: a collect is not an atomic snapshot, and two overlapping ones would only
-compete for the GIL.
+compete for the GIL. The status page collects the registry too (series counts), so it takes the
+same lock: the usage reader keeps its last collect in one slot, and two collects at once could
+hand a scrape an empty one.
+
+With a web configuration (consumer.webconfig) the server speaks HTTPS only and asks for basic
+auth on every path except `/healthz` and `/readyz`: kubelet probes cannot send credentials
+without writing the password into the pod spec, and those two say no more than "ok" or why the
+worker is not ready. `/metrics`, `/` and `/status` (which shows prefixes of rejected messages)
+need credentials. The TLS handshake runs in the connection's own thread, bounded by a timeout,
+so a client that connects and stalls holds up nobody else; a plain-HTTP request to the TLS port
+gets a 400 that says so instead of a reset.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,8 +35,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from consumer.exposition import TextRenderer
+from consumer.webconfig import BasicAuth, TLSContexts, WebConfig
 
-__all__ = ["HealthState", "MetricsServer", "ScrapeObserver"]
+__all__ = ["HealthState", "MetricsServer", "ScrapeObserver", "StatusView"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +45,13 @@ log = logging.getLogger(__name__)
 class ScrapeObserver(Protocol):
     def before_collect(self) -> object: ...
     def after_response(self, token: object) -> None: ...
+
+
+class StatusView(Protocol):
+    """The status page in both renderings (consumer.status); called under the scrape lock."""
+
+    def html(self) -> bytes: ...
+    def json(self) -> bytes: ...
 
 
 class _NoObserver:
@@ -69,7 +89,7 @@ class HealthState:
 
 
 class MetricsServer:
-    """A threaded HTTP server on its own daemon thread."""
+    """A threaded HTTP(S) server on its own daemon thread."""
 
     def __init__(
         self,
@@ -78,9 +98,26 @@ class MetricsServer:
         registry: CollectorRegistry,
         health: HealthState,
         observer: ScrapeObserver | None = None,
+        *,
+        status: StatusView | None = None,
+        web: WebConfig | None = None,
     ) -> None:
-        handler = _make_handler(registry, health, observer or _NoObserver(), threading.Lock())
-        self._server = _QuietServer((host, port), handler)
+        auth = BasicAuth(web.users) if web is not None and web.users else None
+        handler = _make_handler(
+            registry,
+            health,
+            observer or _NoObserver(),
+            threading.Lock(),
+            status=status,
+            auth=auth,
+            extra_headers=web.headers if web is not None else None,
+        )
+        if web is not None and web.tls is not None:
+            self.scheme = "https"
+            self._server: _QuietServer = _TLSServer((host, port), handler, TLSContexts(web.tls))
+        else:
+            self.scheme = "http"
+            self._server = _QuietServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
@@ -115,13 +152,76 @@ class _QuietServer(ThreadingHTTPServer):
             log.error("request from %s failed", client_address, exc_info=True)
 
 
+_HANDSHAKE_TIMEOUT_S = 10.0
+_TLS_HANDSHAKE_RECORD = b"\x16"
+_PLAIN_TO_TLS_BODY = b"Client sent an HTTP request to an HTTPS server.\n"
+_PLAIN_TO_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%b"
+    % (len(_PLAIN_TO_TLS_BODY), _PLAIN_TO_TLS_BODY)
+)
+
+
+class _TLSServer(_QuietServer):
+    """Wraps each accepted connection in TLS, in that connection's thread."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        contexts: TLSContexts,
+    ) -> None:
+        super().__init__(address, handler)
+        self._contexts = contexts
+
+    def finish_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        request.settimeout(_HANDSHAKE_TIMEOUT_S)
+        first = request.recv(1, socket.MSG_PEEK)
+        if not first:
+            return
+        if first != _TLS_HANDSHAKE_RECORD:
+            # Read the request first: closing with unread data would reset the connection
+            # and lose the answer.
+            request.recv(65_536)
+            request.sendall(_PLAIN_TO_TLS)
+            return
+        # Raises on a failed handshake (an untrusted client, wrong versions): an OSError,
+        # logged at debug level like any client that goes away.
+        conn = self._contexts.current().wrap_socket(request, server_side=True)
+        conn.settimeout(None)  # as plain connections: a scrape of a big registry takes time
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            # shutdown_request() gets the original socket, detached by wrap_socket.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_WR)
+            conn.close()
+
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # probes: see the module docstring
+_CHALLENGE = 'Basic realm="usage-consumer", charset="UTF-8"'
+# The status page is ours alone: no scripts, no outside assets, nothing to frame it.
+_HTML_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
 def _make_handler(
     registry: CollectorRegistry,
     health: HealthState,
     observer: ScrapeObserver,
     scrape_lock: threading.Lock,
+    *,
+    status: StatusView | None = None,
+    auth: BasicAuth | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     renderer = TextRenderer()  # used under scrape_lock only
+    always = dict(extra_headers or {})
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -129,12 +229,30 @@ def _make_handler(
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if (
+                auth is not None
+                and path not in _OPEN_PATHS
+                and not auth.allows(self.headers.get("Authorization"))
+            ):
+                self._send(
+                    HTTPStatus.UNAUTHORIZED,
+                    b"401 unauthorized\n",
+                    "text/plain; charset=utf-8",
+                    {"WWW-Authenticate": _CHALLENGE},
+                )
+            elif path == "/metrics":
                 self._metrics()
             elif path == "/healthz":
                 self._probe(*health.alive())
             elif path == "/readyz":
                 self._probe(*health.ready())
+            elif path in ("/", "/status") and status is not None:
+                with scrape_lock:
+                    if path == "/":
+                        body, content_type = status.html(), "text/html; charset=utf-8"
+                    else:
+                        body, content_type = status.json(), "application/json"
+                self._send(HTTPStatus.OK, body, content_type, _HTML_HEADERS)
             else:
                 self._send(HTTPStatus.NOT_FOUND, b"not found: try /metrics\n", "text/plain")
 
@@ -164,7 +282,7 @@ def _make_handler(
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
             self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
+            self._end_headers()
             for chunk in chunks:
                 data = chunk.encode("utf-8")
                 self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -174,12 +292,26 @@ def _make_handler(
             status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
             self._send(status, detail.encode() + b"\n", "text/plain; charset=utf-8")
 
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
+        def _send(
+            self,
+            code: HTTPStatus,
+            body: bytes,
+            content_type: str,
+            headers: Mapping[str, str] | None = None,
+        ) -> None:
+            self.send_response(code)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self._end_headers()
             self.wfile.write(body)
+
+        def _end_headers(self) -> None:
+            # The web configuration's headers (HSTS, say) go on every response.
+            for name, value in always.items():
+                self.send_header(name, value)
+            self.end_headers()
 
         def log_message(self, format: str, *args: object) -> None:
             # Scrapes every few seconds would drown the log; errors are logged where they occur.

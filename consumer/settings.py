@@ -239,6 +239,10 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="Log lines as JSON or text; auto: JSON unless stderr is a terminal.",
+    )
 
     # The password read from sasl_password_file; private, so no dump or repr shows it.
     _file_password: SecretStr = PrivateAttr(default=SecretStr(""))
@@ -401,6 +405,14 @@ class Settings(BaseSettings):
             }
         )
         return config
+
+    def admin_config(self) -> dict[str, Any]:
+        """librdkafka settings of an admin client (replay): connection and security only."""
+        return {
+            k: v
+            for k, v in self._common_kafka_config().items()
+            if k not in _CONSUMER_ONLY_KEYS and not k.startswith(("fetch.", "group."))
+        }
 
     def redacted(self) -> dict[str, Any]:
         """The settings as they may be logged: secrets stay masked."""

@@ -203,7 +203,9 @@ class WorkerProcess:
             "1000",
             *extra_args,
         ]
-        self.env = {**os.environ, **(env or {})}
+        # Text logs: tests read them line by line (JSON, the default off a terminal, is tested
+        # in tests/test_logs.py).
+        self.env = {"USAGE_CONSUMER_LOG_FORMAT": "text", **os.environ, **(env or {})}
         self.log_path = log_dir / f"worker-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

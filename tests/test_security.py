@@ -526,11 +526,6 @@ ACL_CASES = [
         "DLQ write denied: CLUSTER_AUTHORIZATION_FAILED for the dead-letter producer's id: "
         "User:no-dlq-write needs WRITE and DESCRIBE on topic {dlq} [",
         id="dlq-WRITE",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the dead-letter producer's fatal error escapes as a traceback until "
-            "deadletter.py/cli.py classify it (docs/security.md, 'DLQ write denied')",
-        ),
     ),
 ]
 

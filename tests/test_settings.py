@@ -36,6 +36,29 @@ def test_defaults_render_the_delivery_critical_librdkafka_keys() -> None:
     assert "partition.assignment.strategy" not in producer
 
 
+def test_admin_config_has_the_connection_and_security_but_no_consumer_or_producer_keys() -> None:
+    settings = load_settings(
+        {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_username": "u",
+            "sasl_password": "p",
+            "kafka_options": {"socket.timeout.ms": "5000", "fetch.min.bytes": "10"},
+        }
+    )
+    config = settings.admin_config()
+    assert config["bootstrap.servers"] == settings.bootstrap_servers
+    assert (config["sasl.username"], config["sasl.password"]) == ("u", "p")
+    assert config["socket.timeout.ms"] == "5000"
+    assert not {"group.id", "fetch.min.bytes", "acks", "linger.ms"} & set(config)
+
+
+def test_log_format_defaults_to_auto_and_refuses_others() -> None:
+    assert load_settings().log_format == "auto"
+    with pytest.raises(ConfigError, match="log_format"):
+        load_settings({"log_format": "xml"})
+
+
 def test_prefetch_is_small_and_refilled_promptly_unless_overridden() -> None:
     config = load_settings().consumer_config()
     assert (config["queued.max.messages.kbytes"], config["fetch.queue.backoff.ms"]) == (16_384, 50)
