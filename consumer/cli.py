@@ -370,6 +370,7 @@ def _demo_monitor(url: str, stop: threading.Event) -> None:
     """Scrape the demo worker like Prometheus would (so its offsets advance), one line a time."""
     tty = sys.stdout.isatty()
     last: tuple[float, float] | None = None
+    commits, committed_at = 0.0, 0.0
     while not stop.wait(2.0):
         try:
             with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
@@ -384,12 +385,16 @@ def _demo_monitor(url: str, stop: threading.Event) -> None:
         now = time.monotonic()
         rate = (consumed - last[1]) / (now - last[0]) if last else 0.0
         last = (now, consumed)
+        if values.get("usage_consumer_commits_total", 0.0) != commits:
+            commits, committed_at = values["usage_consumer_commits_total"], now
+        since = f"{now - committed_at:.0f}s ago" if committed_at else "none yet"
         line = (
             f"{rate:6.1f} events/s"
             f" | recorded {values.get('usage_consumer_events_recorded_total', 0):.0f}"
             f" | dead letters {values.get('usage_consumer_dead_letters_total', 0):.0f}"
             f" | lag {values.get('usage_consumer_consumer_lag', 0):.0f}"
             f" | committed {values.get('usage_consumer_partition_committed_offset', 0):.0f}"
+            f" (last commit {since})"
             f" | input tokens {values.get('llm_token_usage_input_total', 0):.0f}"
         )
         print("\r\033[K" + line if tty else line, end="" if tty else "\n", flush=True)
