@@ -2,15 +2,18 @@
 
 `configure` sets the root logger up once, at start-up: JSON lines when stderr is not a terminal
 (containers, systemd, log shippers), the readable format when it is, or whichever `log_format`
-asks for. Repeats are rate-limited: the same message template from the same logger is written at
-most once per `window_s`; the next one that gets through says how many were held back, so a
-broker outage logs a line every few seconds instead of thousands.
+asks for. Repeated warnings and errors are rate-limited: the same message from the same logger
+(numbers ignored, so "after 335ms" and "after 512ms" are one message) is written at most once per
+`window_s`; the next one that gets through says how many were held back, so a broker outage logs
+a line every few seconds instead of thousands. Info lines (assignments, revocations, hand-overs)
+are events, not repeats: they always pass.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ __all__ = ["JsonFormatter", "LogFormat", "RepeatFilter", "configure"]
 LogFormat = Literal["auto", "json", "text"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_DIGITS = re.compile(r"\d+")
 # Attributes every LogRecord has; anything else was passed in `extra=` and goes into the JSON.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -45,7 +49,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class RepeatFilter(logging.Filter):
-    """Lets a (logger, message template) through at most once per `window_s` seconds."""
+    """Lets a warning or error through at most once per `window_s` seconds per (logger, message
+    with its numbers blanked); lower levels always pass."""
 
     def __init__(self, window_s: float = 10.0, max_keys: int = 10_000) -> None:
         super().__init__()
@@ -55,7 +60,9 @@ class RepeatFilter(logging.Filter):
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = (record.name, str(record.msg))
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, _DIGITS.sub("#", record.getMessage()))
         now = time.monotonic()
         with self._lock:
             last, held = self._seen.get(key, (float("-inf"), 0))
