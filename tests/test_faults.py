@@ -67,7 +67,8 @@ def _report() -> Iterator[None]:
             f"# Fault suite ({PROFILE_NAME} profile)\n\n"
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
             f"{os.cpu_count()} CPUs, Kafka {broker.KAFKA_VERSION}. Lost must be 0 everywhere; "
-            "duplicated is measured (only scenarios 1, 4 and 7 may duplicate)."
+            "duplicated is measured (only scenarios 1, 4 and 7 may duplicate, and 3 with the "
+            "classic protocol after an unclean hand-over, which its notes then say)."
         )
         write_report(OUTCOMES, REPORT, header)
 
@@ -294,13 +295,19 @@ def test_3_three_workers_join_and_leave_while_events_flow(
     ]
     lost = [line for log in logs for line in log if "WARNING consumer.source: lost" in line]
     assert handovers
-    assert set(handovers) == {"covered"}, handovers  # every hand-over clean...
-    if lost:
-        # Not a hand-over: librdkafka gave the assignment up itself (a classic-protocol commit
-        # that raced a rebalance and got ILLEGAL_GENERATION); replay is by design then.
-        outcome.notes = f"{len(lost)} assignments lost (not handed over)"
+    unclean = [h for h in handovers if h != "covered"]
+    if protocol == "consumer":
+        assert not unclean, handovers  # KIP-848: every hand-over is clean
+    if lost or unclean:
+        # Classic groups only: a hand-over whose commit met a rebalance already in progress
+        # (REBALANCE_IN_PROGRESS: commit_failed), or an assignment librdkafka gave up itself (a
+        # commit answered ILLEGAL_GENERATION outside a rebalance). The next owner replays what
+        # was not committed: duplicates are possible then, by design, and reported.
+        outcome.notes = (
+            f"{len(unclean)} unclean hand-overs {sorted(set(unclean))}, {len(lost)} lost"
+        )
         return
-    assert outcome.duplicated == 0  # ...so nothing counted twice
+    assert outcome.duplicated == 0  # every hand-over clean, so nothing counted twice
 
 
 def test_4_broker_down_for_20_seconds(

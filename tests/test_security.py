@@ -13,8 +13,6 @@ output: logs, error messages, HTTP bodies, settings dumps.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import secrets
@@ -37,16 +35,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourcePatternType,
     ResourceType,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from consumer.broker import SecureListener, start_broker, stop_broker
 from consumer.errors import ConfigError
 from consumer.produce import Publisher, synthetic_events
 from consumer.settings import load_settings
 from consumer.source import ClientIdentity, access_error
+from tests import certs
 from tests.harness import (
     WorkerProcess,
     committed_offsets,
@@ -76,89 +71,20 @@ HTTP_PATHS = ("/metrics", "/healthz", "/readyz", "/", "/status")
 # A throwaway PKI
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def write_pki(directory: Path) -> tuple[Path, Path, Path]:
     """(broker keystore, the CA that signed it, another CA): PEM files in `directory`.
 
     The keystore holds the broker's unencrypted PKCS#8 key, its certificate (for IP 127.0.0.1,
     which librdkafka checks: ssl.endpoint.identification.algorithm=https) and the CA's."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = _ca("llm-usage-consumer test CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    broker_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = certs.authority("llm-usage-consumer test CA")
+    key, broker_cert = certs.issue(ca, "127.0.0.1", server=True)
     keystore = directory / "broker-keystore.pem"
-    keystore.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        + _pem(broker_cert)
-        + _pem(ca_cert)
-    )
+    keystore.write_bytes(certs.key_pem(key) + certs.cert_pem(broker_cert) + ca.pem())
     ca_file = directory / "ca.pem"
-    ca_file.write_bytes(_pem(ca_cert))
+    ca_file.write_bytes(ca.pem())
     other_ca = directory / "other-ca.pem"
-    other_ca.write_bytes(_pem(_ca("an unrelated CA")[1]))
+    other_ca.write_bytes(certs.authority("an unrelated CA").pem())
     return keystore, ca_file, other_ca
 
 

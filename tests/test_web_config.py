@@ -5,9 +5,7 @@ real registry; real HTTPS clients (http.client with an SSLContext) talk to it.""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import http.client
-import ipaddress
 import os
 import socket
 import ssl
@@ -21,9 +19,6 @@ from pathlib import Path
 import bcrypt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import CollectorRegistry
 
 from consumer.commit import OffsetLedger, ScrapeAcknowledger
@@ -31,6 +26,7 @@ from consumer.errors import ConfigError
 from consumer.metrics import WorkerMetrics
 from consumer.serve import HealthState, MetricsServer
 from consumer.webconfig import BasicAuth, load_web_config
+from tests import certs
 from tests.harness import parse_exposition
 
 PASSWORD = "s3cret pass: wörd"  # noqa: S105 - a space, a colon and non-ASCII: all legal in basic auth
@@ -53,107 +49,34 @@ class Pki:
     stranger: Issued  # a client certificate from other_ca
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(directory: Path, cn: str) -> tuple[Path, x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
+def _ca(directory: Path, cn: str) -> tuple[Path, certs.Authority]:
+    ca = certs.authority(cn)
     path = directory / f"{cn}.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path, cert, key
+    path.write_bytes(ca.pem())
+    return path, ca
 
 
-def _issue(
-    directory: Path,
-    cn: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
-    *,
-    server: bool,
-) -> Issued:
-    key = _key()
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(issuer[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), False
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    cert = builder.sign(issuer[1], hashes.SHA256())
+def _issue(directory: Path, cn: str, issuer: certs.Authority, *, server: bool) -> Issued:
+    key, cert = certs.issue(issuer, cn, server=server)
     cert_path, key_path = directory / f"{cn}.crt", directory / f"{cn}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path.write_bytes(certs.cert_pem(cert))
+    key_path.write_bytes(certs.key_pem(key))
     return Issued(cert_path, key_path)
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    ca_path, ca_cert, ca_key = _ca(d, "test-ca")
-    other_path, other_cert, other_key = _ca(d, "other-ca")
-    client_ca_path, client_ca_cert, client_ca_key = _ca(d, "client-ca")
+    ca_path, ca = _ca(d, "test-ca")
+    other_path, other = _ca(d, "other-ca")
+    client_ca_path, client_ca = _ca(d, "client-ca")
     return Pki(
         ca=ca_path,
-        server=_issue(d, "server", (ca_cert, ca_key), server=True),
+        server=_issue(d, "server", ca, server=True),
         other_ca=other_path,
         client_ca=client_ca_path,
-        client=_issue(d, "prometheus", (client_ca_cert, client_ca_key), server=False),
-        stranger=_issue(d, "stranger", (other_cert, other_key), server=False),
+        client=_issue(d, "prometheus", client_ca, server=False),
+        stranger=_issue(d, "stranger", other, server=False),
     )
 
 
@@ -388,9 +311,9 @@ def test_a_rotated_certificate_is_served_on_new_connections(
         ca_cert = x509.load_pem_x509_certificate(pki.ca.read_bytes())
         # The CA key is not kept by the fixture: sign the new server cert with a new CA and
         # trust that one too.
-        new_ca_path, new_ca_cert, new_ca_key = _ca(d, "rotated-ca")
-        assert ca_cert.subject != new_ca_cert.subject
-        fresh = _issue(d, "server2", (new_ca_cert, new_ca_key), server=True)
+        new_ca_path, new_ca = _ca(d, "rotated-ca")
+        assert ca_cert.subject != new_ca.cert.subject
+        fresh = _issue(d, "server2", new_ca, server=True)
         key.write_bytes(fresh.key.read_bytes())
         cert.write_bytes(fresh.cert.read_bytes())
         # A scrape over a connection opened now gets the new certificate.
