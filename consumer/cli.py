@@ -37,9 +37,10 @@ from consumer.errors import ConfigError, UsageConsumerError
 from consumer.metrics import WorkerMetrics
 from consumer.produce import Publisher, synthetic_events
 from consumer.record import METER_NAME, Recorder, build_meter_provider
+from consumer.refusals import ClientIdentity
 from consumer.serve import HealthState, MetricsServer
 from consumer.settings import ENV_PREFIX, Settings, load_settings
-from consumer.source import ClientIdentity, KafkaSource
+from consumer.source import KafkaSource
 from consumer.status import Membership, SeriesCounts, StatusPage, StatusSources
 from consumer.tracker import TokenTracker
 from consumer.validate import Rejection, decode

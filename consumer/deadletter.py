@@ -44,7 +44,7 @@ from confluent_kafka import (
 from consumer.commit import OffsetLedger, PartitionKey
 from consumer.errors import ConsumeError
 from consumer.metrics import WorkerMetrics
-from consumer.source import ClientIdentity, access_error
+from consumer.refusals import ClientIdentity, access_error
 from consumer.validate import Rejection
 
 __all__ = ["DeadLetter", "DeadLetterExample", "DeadLetterSink", "ReasonCounts", "RecentDeadLetters"]

@@ -39,8 +39,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from consumer.broker import SecureListener, start_broker, stop_broker
 from consumer.errors import ConfigError
 from consumer.produce import Publisher, synthetic_events
+from consumer.refusals import ClientIdentity, access_error
 from consumer.settings import load_settings
-from consumer.source import ClientIdentity, access_error
 from tests import certs
 from tests.harness import (
     WorkerProcess,
