@@ -28,8 +28,10 @@ PARTITIONS = 3
 
 def _produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for event in events:
-        producer.produce(topic, json.dumps(event).encode())
+    # Round robin: every partition gets events, so every one has a committed offset to compare
+    # (an unkeyed producer may leave one empty, and an empty partition is never committed).
+    for n, event in enumerate(events):
+        producer.produce(topic, json.dumps(event).encode(), partition=n % PARTITIONS)
     assert producer.flush(30) == 0
 
 
