@@ -30,7 +30,7 @@ import uuid
 from typing import Any
 
 from bench.procs import Measured, wait_ready
-from consumer.produce import Publisher, synthetic_events
+from consumer.devtools.produce import Publisher, synthetic_events
 
 MARKERS = 50
 MARKER_NEEDLE = b'llm_scenario="bench-marker-'

@@ -16,10 +16,11 @@ from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from bench.common import emit, stop_on_sigterm
-from consumer.record import METER_NAME, build_meter_provider, to_options
+from consumer.pipeline.validate import Rejection, decode
 from consumer.settings import Settings
-from consumer.tracker import TokenTracker
-from consumer.validate import Rejection, decode
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.record import to_options
+from consumer.usage.tracker import TokenTracker
 
 # The worker's defaults, so the two differ only in how they record and commit.
 BATCH = Settings.model_fields["batch_size"].default

@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry
 from quixstreams import Application
 
 from bench.common import emit
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.tracker import TokenTracker, UsageOptions
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
 
 # The event's field names are UsageOptions' own (see README, "The event schema").
 FIELDS = tuple(f.name for f in dataclasses.fields(UsageOptions))

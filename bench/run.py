@@ -55,8 +55,8 @@ from bench.procs import (
     machine_busy,
     wait_ready,
 )
-from consumer import broker
-from consumer.cli import ensure_topics
+from consumer.devtools import broker
+from consumer.kafka.topics import ensure_topics
 
 WORKER_SCRAPE_S = 5.0
 QUIX_VENV = REPO / "bench" / ".venv-quix"

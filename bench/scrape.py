@@ -25,11 +25,12 @@ import urllib.request
 from prometheus_client import CollectorRegistry
 
 from bench.common import peak_rss_kib
-from consumer.metrics import WorkerMetrics
-from consumer.produce import synthetic_events
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.serve import HealthState, MetricsServer
-from consumer.tracker import TokenTracker, UsageOptions
+from consumer.devtools.produce import synthetic_events
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.pipeline.health import HealthState
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
+from consumer.web.server import MetricsServer
 
 
 def events(sets: int, profile: str) -> list[UsageOptions]:

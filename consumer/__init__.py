@@ -13,7 +13,7 @@ from consumer.errors import (
     UsageConsumerError,
 )
 from consumer.settings import Settings, load_settings
-from consumer.tracker import TokenTracker, UsageLike, UsageOptions
+from consumer.usage.tracker import TokenTracker, UsageLike, UsageOptions
 
 __all__ = [
     "BrokerError",

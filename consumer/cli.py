@@ -1,4 +1,4 @@
-"""`usage-consumer`: the command line. It parses, wires the stages together, and runs them.
+"""`usage-consumer`: the command line. It parses arguments and dispatches; consumer.app wires.
 
 usage-consumer run                      the worker
 usage-consumer demo                     local broker + demo producer + worker (`make run`)
@@ -11,166 +11,33 @@ usage-consumer schema                   print the event JSON Schema
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
 import logging
-import signal
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
+from confluent_kafka.admin import AdminClient
 
-from consumer import broker, logs, replay
-from consumer.commit import Committer, LedgerCollector, OffsetLedger, ScrapeAcknowledger
-from consumer.deadletter import DeadLetterSink
+from consumer import logs
+from consumer.app import run_worker, stop_on_signals
+from consumer.devtools import broker
+from consumer.devtools.demo import run_demo
+from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.errors import ConfigError, UsageConsumerError
-from consumer.metrics import WorkerMetrics
-from consumer.produce import Publisher, synthetic_events
-from consumer.record import METER_NAME, Recorder, build_meter_provider
-from consumer.refusals import ClientIdentity
-from consumer.serve import HealthState, MetricsServer
+from consumer.kafka import replay
+from consumer.pipeline.validate import Rejection, decode
 from consumer.settings import ENV_PREFIX, Settings, load_settings
-from consumer.source import KafkaSource
-from consumer.status import Membership, SeriesCounts, StatusPage, StatusSources
-from consumer.tracker import TokenTracker
-from consumer.validate import Rejection, decode
-from consumer.webconfig import load_web_config
-from consumer.worker import Backpressure, Rebalancer, Worker
 from schemas import json_schema_text
 from schemas.usage_event import parse_rfc3339
 
-__all__ = ["main", "run_worker"]
+__all__ = ["main"]
 
 log = logging.getLogger("consumer")
 
 DEFAULT_DATA_DIR = Path(".local/kafka")
-
-_COMMIT_MODES = {
-    "scrape": "offsets advance only when a /metrics response covered the events; "
-    "without a scraper nothing is committed",
-    "record": "offsets advance once events are recorded; a crash loses what no scrape saw",
-}
-
-
-def run_worker(settings: Settings, stop: threading.Event) -> int:
-    """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
-    # First: a bad web configuration must stop start-up before anything joins the group.
-    web = load_web_config(settings.web_config_file) if settings.web_config_file else None
-    registry = CollectorRegistry(auto_describe=True)
-    meter_provider = build_meter_provider(registry, settings.cardinality_limit)
-    tracker = TokenTracker(
-        meter_provider.get_meter(METER_NAME), remembered_sets=settings.cardinality_limit
-    )
-    metrics = WorkerMetrics.create(registry)
-    health = HealthState()
-    ledger = OffsetLedger(settings.commit_mode)
-    registry.register(LedgerCollector(ledger))
-    committer = Committer(ledger, metrics)
-
-    dead_letters = DeadLetterSink(
-        Producer(settings.producer_config()),
-        settings.dead_letter_topic,
-        ledger,
-        metrics,
-        identity=ClientIdentity.of(
-            settings.producer_config(), settings.topic, settings.dead_letter_topic
-        ),
-    )
-    rebalancer = Rebalancer(
-        ledger,
-        committer,
-        dead_letters,
-        metrics,
-        health,
-        handover_timeout_s=settings.handover_timeout_ms / 1000,
-    )
-
-    def on_lag(lag: dict[tuple[str, int], int]) -> None:
-        for (topic, partition), value in lag.items():
-            metrics.consumer_lag.labels(topic, str(partition)).set(value)
-
-    membership = Membership(rebalancer)
-    source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
-    status = StatusPage(
-        StatusSources(
-            settings=settings,
-            ledger=ledger,
-            health=health,
-            dead_letters=dead_letters.recent,
-            metrics=metrics,
-            series=SeriesCounts(registry),
-            member_id=lambda: membership.member_id,
-            tls=web is not None and web.tls is not None,
-            basic_auth=web is not None and bool(web.users),
-        )
-    )
-    server = MetricsServer(
-        settings.metrics_host,
-        settings.metrics_port,
-        registry,
-        health,
-        ScrapeAcknowledger(ledger, metrics),
-        status=status,
-        web=web,
-    )
-    worker = Worker(
-        source=source,
-        recorder=Recorder(tracker),
-        dead_letters=dead_letters,
-        ledger=ledger,
-        committer=committer,
-        rebalancer=rebalancer,
-        metrics=metrics,
-        health=health,
-        backpressure=Backpressure(
-            settings.max_unscraped_events, settings.max_unscraped_age_ms / 1000
-        ),
-        batch_size=settings.batch_size,
-        batch_wait_s=settings.batch_wait_ms / 1000,
-        max_message_bytes=settings.max_message_bytes,
-    )
-    server.start()
-    host, port = server.address
-    log.info(
-        "consuming %s as group %s (%s protocol); dead letters to %s; metrics on "
-        "%s://%s:%d/metrics, status page on /%s",
-        settings.topic,
-        settings.group_id,
-        settings.group_protocol,
-        settings.dead_letter_topic,
-        server.scheme,
-        host,
-        port,
-        " (basic auth)" if web is not None and web.users else "",
-    )
-    log.info("commit mode %s: %s", settings.commit_mode, _COMMIT_MODES[settings.commit_mode])
-    log.debug("settings: %s", settings.redacted())
-    try:
-        worker.run(stop)
-    finally:
-        dead_letters.close()
-        server.stop()
-        meter_provider.shutdown()
-    return 0
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s received: finishing the batch in hand", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -214,7 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(_overrides(args))
     logs.configure(settings.log_level, settings.log_format)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     return run_worker(settings, stop)
 
 
@@ -301,113 +168,7 @@ def _cmd_schema(_args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir).resolve()
-    was_running = broker.broker_status(data_dir) is not None
-    print("starting the local Kafka broker (the first run downloads its jars)...", flush=True)
-    info = broker.start_broker(data_dir, args.port)
-    stop = threading.Event()
-    monitor_stop = threading.Event()
-    _stop_on_signals(stop)
-    try:
-        settings = load_settings(
-            {
-                # Nobody else scrapes the demo: its monitor does, every 2 s.
-                "handover_timeout_ms": 5000,
-                **_overrides(args),
-                "bootstrap_servers": info.bootstrap,
-            }
-        )
-        ensure_topics(info.bootstrap, [settings.topic, settings.dead_letter_topic], partitions=6)
-        producer = threading.Thread(
-            target=_demo_producer,
-            args=(info.bootstrap, settings.topic, args.rate, stop),
-            name="demo-producer",
-            daemon=True,
-        )
-        producer.start()
-        host = "127.0.0.1" if settings.metrics_host in ("0.0.0.0", "") else settings.metrics_host
-        monitor = threading.Thread(
-            target=_demo_monitor,
-            # Its own stop: it must keep scraping while the worker hands over on Ctrl-C.
-            args=(f"http://{host}:{settings.metrics_port}/metrics", monitor_stop),
-            name="demo-monitor",
-            daemon=True,
-        )
-        monitor.start()
-        print(
-            f"\nbroker   {info.bootstrap}\ntopic    {settings.topic} "
-            f"({args.rate:g} demo events/s, ~1% invalid -> {settings.dead_letter_topic})\n"
-            f"metrics  http://{host}:{settings.metrics_port}/metrics\n"
-            "Ctrl-C stops everything this started.\n",
-            flush=True,
-        )
-        return run_worker(settings, stop)
-    finally:
-        stop.set()
-        monitor_stop.set()
-        print(flush=True)
-        if not was_running:
-            broker.stop_broker(data_dir)
-            print("local broker stopped", flush=True)
-
-
-def _demo_producer(bootstrap: str, topic: str, rate: float, stop: threading.Event) -> None:
-    """Synthetic events at `rate` per second; every hundredth one is invalid, for the DLQ."""
-    publisher = Publisher({"bootstrap.servers": bootstrap}, topic)
-    sent = 0
-    for seed in itertools.count():
-        for event in synthetic_events(1000, seed):
-            if stop.wait(1 / rate if rate > 0 else 1):
-                publisher.flush(5)
-                return
-            sent += 1
-            if sent % 100 == 0:
-                publisher.send(b'{"schema_version": 1, "provider": "broken-gateway"}')
-            else:
-                publisher.send(json.dumps(event).encode(), key=event["event_id"].encode())
-
-
-def _demo_monitor(url: str, stop: threading.Event) -> None:
-    """Scrape the demo worker like Prometheus would (so its offsets advance), one line a time."""
-    tty = sys.stdout.isatty()
-    last: tuple[float, float] | None = None
-    commits, committed_at = 0.0, 0.0
-    while not stop.wait(2.0):
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
-                text = response.read().decode()
-        except OSError:
-            continue
-        values: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                values[sample.name] = values.get(sample.name, 0.0) + sample.value
-        consumed = values.get("usage_consumer_messages_consumed_total", 0.0)
-        now = time.monotonic()
-        rate = (consumed - last[1]) / (now - last[0]) if last else 0.0
-        last = (now, consumed)
-        if values.get("usage_consumer_commits_total", 0.0) != commits:
-            commits, committed_at = values["usage_consumer_commits_total"], now
-        since = f"{now - committed_at:.0f}s ago" if committed_at else "none yet"
-        line = (
-            f"{rate:6.1f} events/s"
-            f" | recorded {values.get('usage_consumer_events_recorded_total', 0):.0f}"
-            f" | dead letters {values.get('usage_consumer_dead_letters_total', 0):.0f}"
-            f" | lag {values.get('usage_consumer_consumer_lag', 0):.0f}"
-            f" | committed {values.get('usage_consumer_partition_committed_offset', 0):.0f}"
-            f" (last commit {since})"
-            f" | input tokens {values.get('llm_token_usage_input_total', 0):.0f}"
-        )
-        print("\r\033[K" + line if tty else line, end="" if tty else "\n", flush=True)
-
-
-def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
-    """Create missing topics (replication 1: for the local broker only)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=10).topics)
-    missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
-    for future in admin.create_topics(missing).values() if missing else []:
-        future.result(timeout=30)
+    return run_demo(Path(args.data_dir).resolve(), args.port, args.rate, _overrides(args))
 
 
 def _parser() -> argparse.ArgumentParser:

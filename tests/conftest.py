@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumer import broker
+from consumer.devtools import broker
 from tests.harness import WorkerProcess
 
 

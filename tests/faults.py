@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from consumer.produce import synthetic_events
+from consumer.devtools.produce import synthetic_events
 from tests.harness import Series, WorkerProcess, expected_series, usage_series
 
 # Classic groups tuned for fast failure detection on one machine: a killed member leaves the

@@ -29,8 +29,8 @@ from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.cardinality import CardinalityCollector
-from consumer.export import UsageReader
+from consumer.exposition.cardinality import CardinalityCollector
+from consumer.exposition.reader import UsageReader
 
 Labels = frozenset[tuple[str, str]]
 Series = dict[tuple[str, Labels], float]

@@ -13,7 +13,13 @@ import pytest
 from confluent_kafka import OFFSET_INVALID, Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumer.broker import BrokerInfo, broker_status, ensure_jars, start_broker, stop_broker
+from consumer.devtools.broker import (
+    BrokerInfo,
+    broker_status,
+    ensure_jars,
+    start_broker,
+    stop_broker,
+)
 from consumer.errors import BrokerError
 
 pytestmark = pytest.mark.integration

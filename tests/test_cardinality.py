@@ -21,16 +21,16 @@ from confluent_kafka import Producer
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consumer.cardinality import (
+from consumer.devtools.produce import synthetic_events
+from consumer.exposition.cardinality import (
     LIMIT_METRIC,
     OVERFLOW_LABEL,
     OVERFLOW_METRIC,
     SERIES_METRIC,
 )
-from consumer.metrics import WorkerMetrics
-from consumer.produce import synthetic_events
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.tracker import TokenTracker, UsageOptions
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
 from tests.conftest import TopicFactory
 from tests.harness import (
     COUNTERS,

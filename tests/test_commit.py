@@ -9,7 +9,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.commit import OffsetLedger
+from consumer.pipeline.ledger import OffsetLedger
 
 P0 = ("t", 0)
 P1 = ("t", 1)

@@ -23,13 +23,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.commit import LedgerCollector, OffsetLedger
-from consumer.exposition import TextRenderer
-from consumer.metrics import WorkerMetrics
-from consumer.produce import synthetic_events
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.tracker import TokenTracker, UsageOptions
-from consumer.validate import decode_fast
+from consumer.devtools.produce import synthetic_events
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.exposition.text import TextRenderer
+from consumer.pipeline.ledger import LedgerCollector, OffsetLedger
+from consumer.pipeline.validate import decode_fast
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
 from tests.harness import COUNTERS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from consumer.broker import KAFKA_VERSION
+from consumer.devtools.broker import KAFKA_VERSION
 from consumer.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -340,7 +340,11 @@ def test_dockerignore_sends_exactly_the_package_sources() -> None:
         path
         for path in tracked
         if path in {"pyproject.toml", "README.md"}
-        or (path.startswith(("consumer/", "schemas/")) and path.endswith((".py", ".json")))
+        # Sources, the schema files and the local broker's Maven project (package data).
+        or (
+            path.startswith(("consumer/", "schemas/"))
+            and path.endswith((".py", ".json", ".xml", ".properties"))
+        )
     }
     assert needed <= sent, sorted(needed - sent)
     assert sent == needed, sorted(sent - needed)

@@ -10,13 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consumer.cardinality import SERIES_METRIC
-from consumer.exposition import TextRenderer
-from consumer.metrics import WorkerMetrics
-from consumer.produce import synthetic_events
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.tracker import TokenTracker, UsageOptions
-from consumer.validate import decode_fast
+from consumer.devtools.produce import synthetic_events
+from consumer.exposition.cardinality import SERIES_METRIC
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.exposition.text import TextRenderer
+from consumer.pipeline.validate import decode_fast
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
 from tests.harness import twin_registries
 
 

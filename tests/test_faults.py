@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from consumer import broker
+from consumer.devtools import broker
 from tests.conftest import TopicFactory
 from tests.faults import (
     CLASSIC_GROUP,

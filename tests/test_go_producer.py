@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from consumer.validate import FastUsageEvent, decode_fast
+from consumer.pipeline.validate import FastUsageEvent, decode_fast
 from tests.conftest import TopicFactory
 from tests.harness import (
     WorkerProcess,

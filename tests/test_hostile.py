@@ -25,9 +25,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.deadletter import TRUNCATED_VALUE_BYTES
-from consumer.produce import synthetic_events
-from consumer.validate import MAX_DETAIL_LENGTH, Reason, Rejection, decode
+from consumer.devtools.produce import synthetic_events
+from consumer.pipeline.deadletter import TRUNCATED_VALUE_BYTES
+from consumer.pipeline.validate import MAX_DETAIL_LENGTH, Reason, Rejection, decode
 from schemas import UsageEventV1
 from tests.conftest import TopicFactory
 from tests.harness import (

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from consumer.produce import synthetic_events
+from consumer.devtools.produce import synthetic_events
 from tests.conftest import TopicFactory
 from tests.harness import (
     WorkerProcess,

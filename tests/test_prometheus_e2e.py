@@ -42,7 +42,7 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from consumer.produce import synthetic_events
+from consumer.devtools.produce import synthetic_events
 from tests.conftest import TopicFactory
 from tests.harness import (
     Series,

@@ -15,9 +15,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from consumer import replay
+from consumer.devtools.produce import synthetic_events
 from consumer.errors import UsageConsumerError
-from consumer.produce import synthetic_events
+from consumer.kafka import replay
 from tests.conftest import TopicFactory
 from tests.harness import WorkerProcess, committed_offsets, end_offsets, total
 

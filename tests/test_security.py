@@ -36,10 +36,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from consumer.broker import SecureListener, start_broker, stop_broker
+from consumer.devtools.broker import SecureListener, start_broker, stop_broker
+from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.errors import ConfigError
-from consumer.produce import Publisher, synthetic_events
-from consumer.refusals import ClientIdentity, access_error
+from consumer.kafka.refusals import ClientIdentity, access_error
 from consumer.settings import load_settings
 from tests import certs
 from tests.harness import (

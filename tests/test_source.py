@@ -13,8 +13,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from consumer.commit import PartitionKey
-from consumer.source import KafkaSource
+from consumer.kafka.source import KafkaSource, PartitionKey
 
 TOPIC = "usage"
 

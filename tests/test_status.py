@@ -21,23 +21,24 @@ import pytest
 from confluent_kafka import Message, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from consumer.commit import OffsetLedger
-from consumer.deadletter import EXAMPLE_VALUE_CHARS, DeadLetter, RecentDeadLetters
-from consumer.metrics import WorkerMetrics
-from consumer.produce import synthetic_events
-from consumer.record import METER_NAME, build_meter_provider
-from consumer.serve import HealthState, MetricsServer
+from consumer.devtools.produce import synthetic_events
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.pipeline.deadletter import EXAMPLE_VALUE_CHARS, DeadLetter, RecentDeadLetters
+from consumer.pipeline.health import HealthState
+from consumer.pipeline.ledger import OffsetLedger
+from consumer.pipeline.validate import Reason, Rejection, decode
 from consumer.settings import Settings
-from consumer.status import (
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.tracker import TokenTracker, UsageOptions
+from consumer.web.server import MetricsServer
+from consumer.web.status import (
     SHOWN_SETTINGS,
     SeriesCounts,
     StatusPage,
     StatusSources,
     build_status,
-    render_html,
 )
-from consumer.tracker import TokenTracker, UsageOptions
-from consumer.validate import Reason, Rejection, decode
+from consumer.web.status_html import render_html
 from tests.conftest import TopicFactory
 from tests.harness import WorkerProcess, expected_series
 

@@ -34,11 +34,12 @@ from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from opentelemetry.sdk.metrics.view import View
 from prometheus_client import CollectorRegistry, generate_latest
 
-from consumer import tracker as tracker_module
-from consumer._otel_fastpath import VERIFIED_SDK_VERSIONS
-from consumer.produce import synthetic_events
-from consumer.record import build_meter_provider, to_options
-from consumer.tracker import (
+from consumer.devtools.produce import synthetic_events
+from consumer.usage import tracker as tracker_module
+from consumer.usage._otel_fastpath import VERIFIED_SDK_VERSIONS
+from consumer.usage.provider import build_meter_provider
+from consumer.usage.record import to_options
+from consumer.usage.tracker import (
     DURATION_BUCKETS_MS,
     MAX_ERROR_CODE_BYTES,
     TokenTracker,
@@ -848,10 +849,10 @@ def test_prometheus_exposition_identical_for_batch_and_per_event() -> None:
 def test_fast_path_is_verified_for_the_installed_sdk_and_used() -> None:
     assert importlib.metadata.version("opentelemetry-sdk") in VERIFIED_SDK_VERSIONS
     with harness() as h:
-        assert h.tracker._fast
+        assert h.tracker._batches.fast
         events = [opts(provider=p, input_tokens=3, latency_ms=7) for p in "abcab"]
         h.tracker.record_batch(events)
-        state = h.tracker._states[next(iter(h.tracker._states))]
+        state = h.tracker._batches._states[next(iter(h.tracker._batches._states))]
         assert not state.unresolved[0]  # the input counter's aggregation was found
         assert state.aggregations[0] is not None
 
@@ -869,7 +870,7 @@ def test_fast_path_stays_off_when_exemplars_are_sampled() -> None:
     provider = MeterProvider(metric_readers=[reader], shutdown_on_exit=False)  # trace-based
     try:
         tracker = TokenTracker(provider.get_meter("exemplars-on"))
-        assert not tracker._fast
+        assert not tracker._batches.fast
         tracker.record_batch(
             [opts(provider="a", input_tokens=3), opts(provider="a", input_tokens=4)]
         )
@@ -889,7 +890,7 @@ def test_remembered_sets_are_bounded_and_the_rest_stays_exact(
             for event in batch:
                 per_event.tracker.record_usage(event)
             batched.tracker.record_batch(batch)
-            assert len(batched.tracker._states) <= 3
+            assert len(batched.tracker._batches._states) <= 3
             assert batched.snapshot() == per_event.snapshot()
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.validate import (
+from consumer.pipeline.validate import (
     MAX_DETAIL_LENGTH,
     MAX_LISTED_ERRORS,
     Reason,
@@ -88,7 +88,7 @@ def test_valid_event_with_raw_utf8() -> None:
 
 
 def test_synthetic_events_are_valid() -> None:
-    from consumer.produce import synthetic_events  # noqa: PLC0415 - only this test needs it
+    from consumer.devtools.produce import synthetic_events  # noqa: PLC0415 - only this test needs it
 
     for item in synthetic_events(200):
         accepted(json.dumps(item).encode())

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.produce import synthetic_events
-from consumer.validate import FastUsageEvent, Rejection, decode, decode_fast
+from consumer.devtools.produce import synthetic_events
+from consumer.pipeline.validate import FastUsageEvent, Rejection, decode, decode_fast
 from schemas import UsageEventV1
 from schemas.usage_event import parse_rfc3339
 from tests.test_hostile import CORPUS, Entry

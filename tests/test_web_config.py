@@ -21,11 +21,13 @@ import pytest
 from cryptography import x509
 from prometheus_client import CollectorRegistry
 
-from consumer.commit import OffsetLedger, ScrapeAcknowledger
 from consumer.errors import ConfigError
-from consumer.metrics import WorkerMetrics
-from consumer.serve import HealthState, MetricsServer
-from consumer.webconfig import BasicAuth, load_web_config
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.pipeline.commit import ScrapeAcknowledger
+from consumer.pipeline.health import HealthState
+from consumer.pipeline.ledger import OffsetLedger
+from consumer.web.server import MetricsServer
+from consumer.web.webconfig import BasicAuth, load_web_config
 from tests import certs
 from tests.harness import parse_exposition
 

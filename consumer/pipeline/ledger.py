@@ -1,4 +1,4 @@
-"""The commit stage: which offsets may be committed, and committing them.
+"""The offset ledger: which offsets may be committed, per partition and commit mode.
 
 Per partition the ledger knows how far processing got and which offsets are still *held* (dead
 letters the broker has not acknowledged). The *done* position is the lowest offset not yet
@@ -22,7 +22,6 @@ when replay after a crash would grow past its bounds. The ledger is shared with 
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -30,27 +29,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from consumer.errors import CommitError
-from consumer.metrics import WorkerMetrics
+from consumer.kafka.source import PartitionKey
 
 __all__ = [
     "CommitMode",
-    "Committer",
     "LedgerCollector",
     "OffsetLedger",
-    "PartitionKey",
     "PartitionState",
-    "ScrapeAcknowledger",
     "ScrapeSnapshot",
 ]
 
-log = logging.getLogger(__name__)
-
-PartitionKey = tuple[str, int]
 CommitMode = Literal["scrape", "record"]
 
 
@@ -294,52 +286,3 @@ class LedgerCollector(Collector):
             for (topic, partition), state in sorted(states.items()):
                 family.add_metric([topic, str(partition)], float(getattr(state, attr)))
             yield family
-
-
-class ScrapeAcknowledger:
-    """The /metrics server's observer: snapshot before collecting, cover after sending."""
-
-    def __init__(self, ledger: OffsetLedger, metrics: WorkerMetrics) -> None:
-        self._ledger = ledger
-        self._metrics = metrics
-
-    def before_collect(self) -> object:
-        return self._ledger.snapshot()
-
-    def after_response(self, token: object) -> None:
-        assert isinstance(token, ScrapeSnapshot)
-        self._ledger.cover(token)
-        self._metrics.scrapes.inc()
-
-
-class Committer:
-    """Commits the ledger's committable positions synchronously, with explicit offsets."""
-
-    def __init__(self, ledger: OffsetLedger, metrics: WorkerMetrics) -> None:
-        self._ledger = ledger
-        self._metrics = metrics
-
-    def commit(self, consumer: Consumer, keys: Iterable[PartitionKey] | None = None) -> int:
-        """Commit what moved; returns how many partitions were committed. Raises CommitError."""
-        offsets = self._ledger.pending(keys)
-        if not offsets:
-            return 0
-        try:
-            results = consumer.commit(offsets=offsets, asynchronous=False) or []
-        except KafkaException as exc:
-            self._metrics.commit_failures.inc()
-            raise _commit_error(exc.args[0], offsets[0]) from exc
-        failed = next((tp for tp in results if tp.error is not None), None)
-        if failed is not None:
-            self._metrics.commit_failures.inc()
-            raise _commit_error(failed.error, failed)
-        self._ledger.mark_committed(offsets)
-        self._metrics.commits.inc()
-        log.debug("committed %s", [(tp.topic, tp.partition, tp.offset) for tp in offsets])
-        return len(offsets)
-
-
-def _commit_error(error: object, where: TopicPartition) -> CommitError:
-    return CommitError(
-        f"commit failed: {error}", topic=where.topic, partition=where.partition, offset=where.offset
-    )

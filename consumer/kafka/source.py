@@ -23,11 +23,13 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.commit import PartitionKey
 from consumer.errors import AccessError, ConsumeError
-from consumer.refusals import ClientIdentity, access_error
+from consumer.kafka.refusals import ClientIdentity, access_error
 
-__all__ = ["KafkaSource", "RebalanceListener"]
+__all__ = ["KafkaSource", "PartitionKey", "RebalanceListener"]
+
+PartitionKey = tuple[str, int]
+"""A partition, as (topic, partition): the key every stage keeps its per-partition state by."""
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Run a real single-node Apache Kafka broker on this machine, without Docker.
 
-The broker comes from Maven Central (see deploy/kafka/pom.xml): `ensure_jars` copies its jars into
+The broker comes from Maven Central (see consumer/devtools/kafka/pom.xml): `ensure_jars` copies its jars into
 a cache once, `start_broker` formats a data dir and starts one combined broker+controller process
 on 127.0.0.1, `stop_broker` stops it. The process is detached, so it outlives the Python process
 that started it; everything needed to find it again lives in the data dir:
@@ -8,7 +8,7 @@ that started it; everything needed to find it again lives in the data dir:
     <data_dir>/server.properties   written on every start
     <data_dir>/broker.json         pid, ports, cluster id (kept after a stop, for a restart)
     <data_dir>/broker.log          the JVM's stdout/stderr (ERROR and above, crashes)
-    <data_dir>/logs/server.log     WARN and above (deploy/kafka/log4j2.properties)
+    <data_dir>/logs/server.log     WARN and above (consumer/devtools/kafka/log4j2.properties)
     <data_dir>/kraft/              the topic data and the metadata log
 
 A data dir is formatted once. Starting it again reuses its cluster id, ports and data, so a
@@ -57,12 +57,13 @@ __all__ = [
     "stop_broker",
 ]
 
-# Keep in step with <kafka.version> in deploy/kafka/pom.xml.
+# Keep in step with <kafka.version> in consumer/devtools/kafka/pom.xml.
 KAFKA_VERSION = "4.4.0"
 
-_DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "kafka"
-_POM = _DEPLOY_DIR / "pom.xml"
-_LOG4J_CONFIG = _DEPLOY_DIR / "log4j2.properties"
+# Package data (pyproject.toml), so an installed wheel finds them as a checkout does.
+_KAFKA_PROJECT = Path(__file__).resolve().parent / "kafka"
+_POM = _KAFKA_PROJECT / "pom.xml"
+_LOG4J_CONFIG = _KAFKA_PROJECT / "log4j2.properties"
 
 _JARS_ENV = "USAGE_CONSUMER_KAFKA_JARS"
 # Written last into a jar cache; holds a hash of the pom, so an interrupted download or an edited
@@ -288,7 +289,7 @@ def ensure_jars(cache_dir: Path | None = None) -> Path:
             if not (tmp / f"kafka_2.13-{KAFKA_VERSION}.jar").is_file():
                 raise BrokerError(
                     f"mvn finished but kafka_2.13-{KAFKA_VERSION}.jar is not in {tmp}; "
-                    "is KAFKA_VERSION in step with deploy/kafka/pom.xml?"
+                    "is KAFKA_VERSION in step with consumer/devtools/kafka/pom.xml?"
                 )
             (tmp / _MARKER).write_text(want + "\n", encoding="utf-8")
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared

@@ -42,7 +42,7 @@ from typing import Final
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from consumer.export import FamilyBuilder, UsageReader
+from consumer.exposition.reader import FamilyBuilder, UsageReader
 
 __all__ = [
     "LIMIT_METRIC",

@@ -41,11 +41,12 @@ from confluent_kafka import (
     Producer,
 )
 
-from consumer.commit import OffsetLedger, PartitionKey
 from consumer.errors import ConsumeError
-from consumer.metrics import WorkerMetrics
-from consumer.refusals import ClientIdentity, access_error
-from consumer.validate import Rejection
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.kafka.refusals import ClientIdentity, access_error
+from consumer.kafka.source import PartitionKey
+from consumer.pipeline.ledger import OffsetLedger
+from consumer.pipeline.validate import Rejection
 
 __all__ = ["DeadLetter", "DeadLetterExample", "DeadLetterSink", "ReasonCounts", "RecentDeadLetters"]
 

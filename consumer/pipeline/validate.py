@@ -93,7 +93,7 @@ import msgspec
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from consumer.tracker import UsageLike
+from consumer.usage.tracker import UsageLike
 from schemas import NO_CONTROL_CHARS_PATTERN, SCHEMA_VERSION, UsageEventV1
 from schemas.usage_event import (
     MAX_ERROR_CODE_LENGTH,

@@ -11,10 +11,10 @@ from typing import cast
 
 from confluent_kafka import Message
 
-from consumer.commit import PartitionKey
-from consumer.deadletter import DeadLetter
-from consumer.tracker import UsageLike
-from consumer.validate import Rejection, decode_fast
+from consumer.kafka.source import PartitionKey
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.validate import Rejection, decode_fast
+from consumer.usage.tracker import UsageLike
 
 __all__ = ["Batch", "PartitionSpan", "split"]
 

@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from consumer.export import UsageFamily
+from consumer.exposition.reader import UsageFamily
 
 __all__ = ["TextRenderer"]
 

@@ -24,9 +24,7 @@ import logging
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
@@ -34,10 +32,11 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from consumer.exposition import TextRenderer
-from consumer.webconfig import BasicAuth, TLSContexts, WebConfig
+from consumer.exposition.text import TextRenderer
+from consumer.pipeline.health import HealthState
+from consumer.web.webconfig import BasicAuth, TLSContexts, WebConfig
 
-__all__ = ["HealthState", "MetricsServer", "ScrapeObserver", "StatusView"]
+__all__ = ["MetricsServer", "ScrapeObserver", "StatusView"]
 
 log = logging.getLogger(__name__)
 
@@ -60,32 +59,6 @@ class _NoObserver:
 
     def after_response(self, token: object) -> None:
         return None
-
-
-@dataclass
-class HealthState:
-    """What /healthz and /readyz report; written by the worker loop, read by HTTP threads."""
-
-    stall_after_s: float = 120.0
-    heartbeat: float = field(default_factory=time.monotonic)
-    assigned: int = 0
-    not_ready: dict[str, str] = field(default_factory=dict)
-
-    def beat(self) -> None:
-        self.heartbeat = time.monotonic()
-
-    def alive(self) -> tuple[bool, str]:
-        idle = time.monotonic() - self.heartbeat
-        if idle > self.stall_after_s:
-            return False, f"worker loop stalled for {idle:.0f}s"
-        return True, "ok"
-
-    def ready(self) -> tuple[bool, str]:
-        if self.not_ready:
-            return False, "; ".join(f"{k}: {v}" for k, v in sorted(self.not_ready.items()))
-        if self.assigned == 0:
-            return False, "no partitions assigned"
-        return True, f"ok: {self.assigned} partitions assigned"
 
 
 class MetricsServer:

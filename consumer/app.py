@@ -1,0 +1,160 @@
+"""The composition root: every stage of the worker built from the settings, wired, and run.
+
+Nothing else constructs the pipeline: the MeterProvider, its reader and the Prometheus registry
+are created here once and handed down (tests build their own). `usage-consumer run` and the
+demo call `run_worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from confluent_kafka import Producer
+from prometheus_client import CollectorRegistry
+
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.kafka.membership import Membership
+from consumer.kafka.refusals import ClientIdentity
+from consumer.kafka.source import KafkaSource
+from consumer.pipeline.commit import Committer, ScrapeAcknowledger
+from consumer.pipeline.deadletter import DeadLetterSink
+from consumer.pipeline.health import HealthState
+from consumer.pipeline.ledger import LedgerCollector, OffsetLedger
+from consumer.pipeline.pausing import Backpressure, PauseManager
+from consumer.pipeline.rebalance import Rebalancer
+from consumer.pipeline.worker import Worker
+from consumer.settings import Settings
+from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.record import Recorder
+from consumer.usage.tracker import TokenTracker
+from consumer.web.server import MetricsServer
+from consumer.web.status import SeriesCounts, StatusPage, StatusSources
+from consumer.web.webconfig import load_web_config
+
+__all__ = ["COMMIT_MODES", "run_worker", "stop_on_signals"]
+
+log = logging.getLogger("consumer")
+
+COMMIT_MODES = {
+    "scrape": "offsets advance only when a /metrics response covered the events; "
+    "without a scraper nothing is committed",
+    "record": "offsets advance once events are recorded; a crash loses what no scrape saw",
+}
+
+
+def run_worker(settings: Settings, stop: threading.Event) -> int:
+    """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
+    # First: a bad web configuration must stop start-up before anything joins the group.
+    web = load_web_config(settings.web_config_file) if settings.web_config_file else None
+    registry = CollectorRegistry(auto_describe=True)
+    meter_provider = build_meter_provider(registry, settings.cardinality_limit)
+    tracker = TokenTracker(
+        meter_provider.get_meter(METER_NAME), remembered_sets=settings.cardinality_limit
+    )
+    metrics = WorkerMetrics.create(registry)
+    health = HealthState()
+    ledger = OffsetLedger(settings.commit_mode)
+    registry.register(LedgerCollector(ledger))
+    committer = Committer(ledger, metrics)
+
+    dead_letters = DeadLetterSink(
+        Producer(settings.producer_config()),
+        settings.dead_letter_topic,
+        ledger,
+        metrics,
+        identity=ClientIdentity.of(
+            settings.producer_config(), settings.topic, settings.dead_letter_topic
+        ),
+    )
+    rebalancer = Rebalancer(
+        ledger,
+        committer,
+        dead_letters,
+        metrics,
+        health,
+        handover_timeout_s=settings.handover_timeout_ms / 1000,
+    )
+
+    def on_lag(lag: dict[tuple[str, int], int]) -> None:
+        for (topic, partition), value in lag.items():
+            metrics.consumer_lag.labels(topic, str(partition)).set(value)
+
+    membership = Membership(rebalancer)
+    source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
+    status = StatusPage(
+        StatusSources(
+            settings=settings,
+            ledger=ledger,
+            health=health,
+            dead_letters=dead_letters.recent,
+            metrics=metrics,
+            series=SeriesCounts(registry),
+            member_id=lambda: membership.member_id,
+            tls=web is not None and web.tls is not None,
+            basic_auth=web is not None and bool(web.users),
+        )
+    )
+    server = MetricsServer(
+        settings.metrics_host,
+        settings.metrics_port,
+        registry,
+        health,
+        ScrapeAcknowledger(ledger, metrics),
+        status=status,
+        web=web,
+    )
+    worker = Worker(
+        source=source,
+        recorder=Recorder(tracker),
+        dead_letters=dead_letters,
+        ledger=ledger,
+        committer=committer,
+        rebalancer=rebalancer,
+        metrics=metrics,
+        health=health,
+        pauses=PauseManager(
+            Backpressure(settings.max_unscraped_events, settings.max_unscraped_age_ms / 1000),
+            ledger,
+            dead_letters,
+            metrics,
+            health,
+        ),
+        batch_size=settings.batch_size,
+        batch_wait_s=settings.batch_wait_ms / 1000,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    server.start()
+    host, port = server.address
+    log.info(
+        "consuming %s as group %s (%s protocol); dead letters to %s; metrics on "
+        "%s://%s:%d/metrics, status page on /%s",
+        settings.topic,
+        settings.group_id,
+        settings.group_protocol,
+        settings.dead_letter_topic,
+        server.scheme,
+        host,
+        port,
+        " (basic auth)" if web is not None and web.users else "",
+    )
+    log.info("commit mode %s: %s", settings.commit_mode, COMMIT_MODES[settings.commit_mode])
+    log.debug("settings: %s", settings.redacted())
+    try:
+        worker.run(stop)
+    finally:
+        dead_letters.close()
+        server.stop()
+        meter_provider.shutdown()
+    return 0
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s received: finishing the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,1 @@
+"""The Kafka client boundary: the group consumer and its membership, refusals, topics, replay."""

@@ -1,0 +1,87 @@
+"""The worker loop: read a batch, validate, record, dead-letter, commit; repeat until stopped.
+
+Everything it uses is built elsewhere (consumer.app) and handed in; this module only orders the
+stages. Hand-overs live in consumer.pipeline.rebalance, pause decisions in
+consumer.pipeline.pausing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from confluent_kafka import Message
+
+from consumer.errors import CommitError
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.kafka.source import KafkaSource
+from consumer.pipeline.batch import split
+from consumer.pipeline.commit import Committer
+from consumer.pipeline.deadletter import DeadLetterSink
+from consumer.pipeline.health import HealthState
+from consumer.pipeline.ledger import OffsetLedger
+from consumer.pipeline.pausing import PauseManager
+from consumer.pipeline.rebalance import Rebalancer
+from consumer.usage.record import Recorder
+
+__all__ = ["Worker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Worker:
+    source: KafkaSource
+    recorder: Recorder
+    dead_letters: DeadLetterSink
+    ledger: OffsetLedger
+    committer: Committer
+    rebalancer: Rebalancer
+    metrics: WorkerMetrics
+    health: HealthState
+    pauses: PauseManager
+    batch_size: int
+    batch_wait_s: float
+    max_message_bytes: int
+
+    def run(self, stop: threading.Event) -> None:
+        self.source.subscribe()
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.shutdown()
+
+    def step(self) -> None:
+        self.health.beat()
+        messages = self.source.read_batch(self.batch_size, self.batch_wait_s)
+        if messages:
+            self.process(messages)
+        self.dead_letters.service()
+        self.pauses.apply(self.source)
+        try:
+            self.committer.commit(self.source.consumer)
+        except CommitError as exc:
+            # Not fatal: the positions stay pending and the next step tries again.
+            log.warning("%s", exc)
+
+    def process(self, messages: list[Message]) -> None:
+        batch = split(messages, self.max_message_bytes)
+        self.metrics.consumed.inc(batch.size)
+        # Record before the ledger advances: a scrape's snapshot must never run ahead of what
+        # its collect will contain.
+        self.metrics.recorded.inc(self.recorder.record(batch.events))
+        for letter in batch.rejected:
+            self.metrics.rejected.labels(letter.rejection.reason.value).inc()
+            self.dead_letters.send(letter)  # holds its offset until the broker acknowledges
+        for key, span in batch.spans.items():
+            self.ledger.advance(key, span.end, span.recorded, span.last_recorded)
+        self.metrics.batches.inc()
+        self.metrics.batch_size.observe(batch.size)
+
+    def shutdown(self) -> None:
+        """Hand everything over (dead letters, a covering scrape, the commit), then leave."""
+        self.rebalancer.leave(self.source.consumer, sorted(self.source.assignment))
+        self.source.close()
+        log.info("left the group")

@@ -1,0 +1,1 @@
+"""LLM usage into OpenTelemetry metrics: the tracker port, batch recording, the meter provider."""
