@@ -17,7 +17,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-__all__ = ["Publisher", "synthetic_events"]
+from schemas import UsageEventV1
+
+__all__ = ["MIX_FIELDS", "Publisher", "synthetic_events"]
 
 _MODELS = {
     "openai": ["gpt-4o", "gpt-4o-mini", "o3", "gpt-4.1"],
@@ -39,9 +41,29 @@ _TIERS = ["", "free", "pro", "enterprise"]
 _ERROR_CODES = ["rate_limited", "context_length_exceeded", "upstream_timeout", "server_error"]
 
 
+#: The fields the hand-made mix below draws. Any other field of the event gets one of the
+#: `examples` its declaration (schemas/usage_event.py) gives, from a generator of its own, so a
+#: new field shows up in demos and tests without touching this file, and the mix of the fields
+#: above stays the same for a seed.
+MIX_FIELDS = frozenset(
+    {
+        *("schema_version", "event_id", "occurred_at", "provider", "provider_uuid", "model"),
+        *("request_model", "scenario", "status", "input_tokens", "output_tokens"),
+        *("cache_input_tokens", "system_tokens", "streamed", "latency_ms", "user_tier"),
+        *("rule_uuid", "error_code"),
+    }
+)
+_EXAMPLES = tuple(
+    (name, field.examples)
+    for name, field in UsageEventV1.model_fields.items()
+    if name not in MIX_FIELDS and field.examples
+)
+
+
 def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
     """`count` valid schema-v1 events with a realistic mix of providers, models and outcomes."""
     rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    extra = random.Random(f"{seed}/examples")  # noqa: S311
     providers = list(_MODELS)
     for i in range(count):
         provider = rng.choice(providers)
@@ -74,6 +96,8 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             event["rule_uuid"] = rule
         if status == "error":
             event["error_code"] = rng.choice(_ERROR_CODES)
+        for name, examples in _EXAMPLES:
+            event[name] = extra.choice(examples)
         yield event
 
 

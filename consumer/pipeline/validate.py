@@ -84,27 +84,21 @@ Escaped control characters (``"\\u0000"``)
 
 import codecs
 import enum
+import operator
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, cast, get_origin
 
 import msgspec
-from pydantic import ValidationError
+from annotated_types import Ge, Le, MaxLen, MinLen
+from pydantic import AwareDatetime, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from consumer.usage.tracker import UsageLike
+from consumer.usage.options import UsageLike
 from schemas import NO_CONTROL_CHARS_PATTERN, SCHEMA_VERSION, UsageEventV1
-from schemas.usage_event import (
-    MAX_ERROR_CODE_LENGTH,
-    MAX_EVENT_ID_LENGTH,
-    MAX_LABEL_LENGTH,
-    MAX_LATENCY_MS,
-    MAX_MODEL_LENGTH,
-    MAX_TOKENS,
-    OCCURRED_AT_MAX,
-    OCCURRED_AT_MIN,
-)
+from schemas.usage_event import OCCURRED_AT_MAX, OCCURRED_AT_MIN
 
 __all__ = [
     "MAX_DETAIL_LENGTH",
@@ -163,7 +157,7 @@ def decode_fast(value: bytes | None, max_bytes: int) -> UsageLike | Rejection:
     """
     if value and len(value) <= max_bytes:
         try:
-            return _FAST_DECODER.decode(value)
+            return cast(UsageLike, _FAST_DECODER.decode(value))
         except Exception:  # noqa: BLE001, S110 - whatever msgspec refuses, the model judges
             pass
     return decode(value, max_bytes)
@@ -294,6 +288,11 @@ def _clip(text: str, limit: int) -> str:
 
 
 # --- the fast decoder ---------------------------------------------------------------------------
+#
+# FastUsageEvent is derived from UsageEventV1's fields at import time: its names, order, defaults
+# and limits are the model's, so a field added to the model is decoded here too. A field of a
+# kind this derivation does not know stops the import, naming it: the fast path must never
+# accept what it does not check.
 
 # A strict subset of RFC3339_PATTERN whose every match datetime.fromisoformat parses exactly as
 # the model's parser does (upper-case T and Z, offsets up to 23:59, at most microseconds, no leap
@@ -305,59 +304,70 @@ _FAST_TIMESTAMP: Final = (
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # NO_CONTROL_CHARS_PATTERN's set
 
 
-def _length(max_length: int, min_length: int = 0) -> msgspec.Meta:
-    return msgspec.Meta(min_length=min_length, max_length=max_length)
+def _constraints(field: FieldInfo, kinds: dict[str, type]) -> dict[str, Any]:
+    """The model field's constraints of the given kinds, as keyword arguments of msgspec.Meta."""
+    return {
+        key: getattr(meta, key)
+        for meta in field.metadata
+        for key, kind in kinds.items()
+        if isinstance(meta, kind)
+    }
 
 
-_EventId = Annotated[str, _length(MAX_EVENT_ID_LENGTH, 1)]
-_RequiredLabel = Annotated[str, _length(MAX_LABEL_LENGTH, 1)]
-_Label = Annotated[str, _length(MAX_LABEL_LENGTH)]
-_RequiredModel = Annotated[str, _length(MAX_MODEL_LENGTH, 1)]
-_Model = Annotated[str, _length(MAX_MODEL_LENGTH)]
-_ErrorCode = Annotated[str, _length(MAX_ERROR_CODE_LENGTH)]
-_Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS)]
+def _fast_type(name: str, field: FieldInfo) -> tuple[Any, str]:
+    """The msgspec type of one model field, and its check after decoding ("text", "time", "")."""
+    annotation = field.annotation
+    if get_origin(annotation) is Literal or annotation is bool:
+        return annotation, ""
+    if annotation is int:
+        return Annotated[int, msgspec.Meta(**_constraints(field, {"ge": Ge, "le": Le}))], ""
+    if annotation is str:
+        if NO_CONTROL_CHARS_PATTERN not in (getattr(m, "pattern", None) for m in field.metadata):
+            raise TypeError(f"no fast decoding for text field {name!r} without the control check")
+        lengths = _constraints(field, {"min_length": MinLen, "max_length": MaxLen})
+        return Annotated[str, msgspec.Meta(**lengths)], "text"
+    if annotation is AwareDatetime:
+        return Annotated[str, msgspec.Meta(pattern=_FAST_TIMESTAMP)], "time"
+    raise TypeError(f"no fast decoding for field {name!r} of type {annotation!r}")
 
 
-class FastUsageEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """UsageEventV1's fields and limits, for msgspec. Unknown fields are *refused* here (and
-    then ignored by the model), so nothing msgspec skips unchecked can slip through."""
-
-    schema_version: Literal[1]
-    event_id: _EventId
-    occurred_at: Annotated[str, msgspec.Meta(pattern=_FAST_TIMESTAMP)]
-    provider: _RequiredLabel
-    model: _RequiredModel
-    status: Literal["success", "error", "canceled"]
-    provider_uuid: _Label = ""
-    request_model: _Model = ""
-    rule_uuid: _Label = ""
-    scenario: _Label = ""
-    error_code: _ErrorCode = ""
-    user_tier: _Label = ""
-    input_tokens: _Tokens = 0
-    output_tokens: _Tokens = 0
-    cache_input_tokens: _Tokens = 0
-    system_tokens: _Tokens = 0
-    latency_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_LATENCY_MS)] = 0
-    streamed: bool = False
+class _FastEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """Unknown fields are *refused* here (and then ignored by the model), so nothing msgspec
+    skips unchecked can slip through."""
 
     def __post_init__(self) -> None:
-        # One search over every string field instead of a pattern per field.
-        labels = (
-            self.event_id
-            + self.provider
-            + self.model
-            + self.provider_uuid
-            + self.request_model
-            + self.rule_uuid
-            + self.scenario
-            + self.error_code
-            + self.user_tier
-        )
-        if _CONTROL_CHARS.search(labels) is not None:
+        # One search over every text field instead of a pattern per field.
+        if _CONTROL_CHARS.search("".join(_TEXT_OF(self))) is not None:
             raise ValueError("control character")
-        if not OCCURRED_AT_MIN <= datetime.fromisoformat(self.occurred_at) < OCCURRED_AT_MAX:
+        if not OCCURRED_AT_MIN <= datetime.fromisoformat(_TIME_OF(self)) < OCCURRED_AT_MAX:
             raise ValueError("occurred_at out of range")
 
+
+_FIELDS: Final = {
+    name: (*_fast_type(name, field), field) for name, field in UsageEventV1.model_fields.items()
+}
+
+
+def _names(check: str) -> tuple[str, ...]:
+    return tuple(name for name, (_kind, c, _field) in _FIELDS.items() if c == check)
+
+
+if len(_names("time")) != 1:  # _FastEvent.__post_init__ checks the range of exactly one
+    raise TypeError(f"the fast decoder checks one timestamp field, found {_names('time')}")
+_TEXT_OF: Final = operator.attrgetter(*_names("text"))
+_TIME_OF: Final = operator.attrgetter(_names("time")[0])
+
+
+FastUsageEvent: Final[type[msgspec.Struct]] = msgspec.defstruct(
+    "FastUsageEvent",
+    [
+        (name, kind) if field.is_required() else (name, kind, field.default)
+        for name, (kind, _check, field) in _FIELDS.items()
+    ],
+    bases=(_FastEvent,),
+    module=__name__,
+    kw_only=True,
+)
+"""UsageEventV1's fields and limits, for msgspec (derived from the model: see above)."""
 
 _FAST_DECODER: Final = msgspec.json.Decoder(FastUsageEvent)
