@@ -1,14 +1,15 @@
 """Run a real single-node Apache Kafka broker on this machine, without Docker.
 
-The broker comes from Maven Central (see consumer/devtools/kafka/pom.xml): `ensure_jars` copies its jars into
-a cache once, `start_broker` formats a data dir and starts one combined broker+controller process
-on 127.0.0.1, `stop_broker` stops it. The process is detached, so it outlives the Python process
-that started it; everything needed to find it again lives in the data dir:
+The broker comes from Maven Central (see kafka/pom.xml beside this module, shipped as package
+data): `ensure_jars` copies its jars into a cache once, `start_broker` formats a data dir and
+starts one combined broker+controller process on 127.0.0.1, `stop_broker` stops it. The process
+is detached, so it outlives the Python process that started it; everything needed to find it
+again lives in the data dir:
 
     <data_dir>/server.properties   written on every start
     <data_dir>/broker.json         pid, ports, cluster id (kept after a stop, for a restart)
     <data_dir>/broker.log          the JVM's stdout/stderr (ERROR and above, crashes)
-    <data_dir>/logs/server.log     WARN and above (consumer/devtools/kafka/log4j2.properties)
+    <data_dir>/logs/server.log     WARN and above (kafka/log4j2.properties beside this module)
     <data_dir>/kraft/              the topic data and the metadata log
 
 A data dir is formatted once. Starting it again reuses its cluster id, ports and data, so a
