@@ -1,7 +1,9 @@
 """llm-usage-consumer: LLM gateway usage events from Kafka to Prometheus, at least once.
 
-The public layer; each pipeline stage lives in a module of its own (source, validate, batch,
-record, deadletter, commit, serve), ordered by `worker` and wired by `cli`.
+The public layer. Below it, one package per concern (the README's "Layout" lists every module):
+`kafka` (the client boundary), `pipeline` (the loop and its stages), `usage` (the tracker port and
+the meter provider), `exposition` (what Prometheus reads), `web` (the HTTP face) and `devtools`
+(local broker, demo, synthetic producer); `app` wires them from the settings, `cli` parses.
 """
 
 from consumer.errors import (

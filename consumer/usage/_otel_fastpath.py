@@ -1,4 +1,4 @@
-"""Direct updates of the OpenTelemetry SDK's aggregation objects: the one private dependency.
+"""Direct updates of the OpenTelemetry SDK's aggregation objects (a private surface).
 
 The SDK offers no public way to add pre-aggregated data (no batch `record`, no MetricProducer in
 Python), and a public `add`/`record` costs 15-25 µs. `TokenTracker.record_batch` therefore makes
@@ -13,7 +13,8 @@ match aggregates into a plain cumulative sum or explicit-bucket histogram withou
 filtering. Otherwise `resolve` returns None and the tracker stays on the public API. The
 equivalence tests (tests/test_tracker.py) compare this path with per-event `record_usage`, data
 point by data point and on the exposition text, so an SDK upgrade cannot change numbers silently:
-add a version here only once they pass on it.
+add a version here only once they pass on it. The project's other private surfaces, with their
+pins and tests, are listed in the README ("Private surfaces").
 """
 
 from __future__ import annotations
