@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,7 @@ class Installed:
     bin: Path
     site_packages: Path
     workdir: Path  # outside the checkout: nothing there to import `consumer` from
-    env: dict[str, str]
+    env: dict[str, str] = field(repr=False)
 
 
 def _run(
@@ -76,7 +76,7 @@ def _run(
         check=False,
     )
     assert done.returncode == 0, (
-        f"{cmd} exited {done.returncode}\n--- stdout ---\n{done.stdout[-4000:]}"
+        f"{' '.join(map(str, cmd))} exited {done.returncode}\n--- stdout ---\n{done.stdout[-4000:]}"
         f"\n--- stderr ---\n{done.stderr[-4000:]}"
     )
     return done
@@ -99,9 +99,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     workdir = root / "work"
     workdir.mkdir()
     # Nothing of the dev venv or the checkout may leak in.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.pop("VIRTUAL_ENV", None)
-    env["USAGE_CONSUMER_LOG_FORMAT"] = "text"
+    leaky = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if k not in leaky}
+    env["USAGE_CONSUMER_LOG_FORMAT"] = "text"  # readable failure output
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=workdir, timeout=300, env=env)
     python = venv / "bin" / "python"
