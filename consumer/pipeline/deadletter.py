@@ -287,6 +287,20 @@ class DeadLetterSink:
             return
         self._metrics.dead_letter_failures.inc()
         self.recent.failed(letter)
+        if not self._ledger.is_held(letter.source):
+            # Its partition left while the letter was in flight (lost, or a hand-over whose
+            # flush timed out): the next owner redoes it; blocking it here would pause a
+            # partition this worker no longer has.
+            log.warning(
+                "dead-letter write to %s failed for %s/%d@%d after the partition left: %s; "
+                "its next owner writes it",
+                self._topic,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                err.str(),
+            )
+            return
         log.error(
             "dead-letter write to %s failed for %s/%d@%d (%s): %s; the partition will not "
             "advance until it succeeds",

@@ -96,6 +96,9 @@ class PauseManager:
     def apply(self, source: Pausable) -> None:
         """Pause what must wait (failing dead letters, too much unscraped); resume the rest."""
         wanted = self.wanted(source.assignment)
+        # A partition revoked (or lost) and assigned again since the last step comes back
+        # unpaused, its gauge dropped: forget it here, so it is paused and counted afresh.
+        self.reasons = {key: why for key, why in self.reasons.items() if key in source.paused}
         if wanted == self.reasons:
             return
         for key, reason in self.reasons.items():
