@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 jars: venv ## download the Kafka broker jars into the cache (first run only)
-	$(BIN)/python -c "from consumer.broker import ensure_jars; print('broker jars:', ensure_jars())"
+	$(BIN)/python -c "from consumer.devtools.broker import ensure_jars; print('broker jars:', ensure_jars())"
 
 prometheus: ## install prometheus + promtool (Debian's package) when missing; no daemon left running
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \

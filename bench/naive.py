@@ -1,9 +1,9 @@
 """Row 3, the naive path: consume, validate, record one event at a time, commit per batch.
 
-What a first version of the worker would do: `consumer.validate.decode` on each message, then
-`TokenTracker.record_usage` per event (8 SDK calls each) on a MeterProvider built exactly as the
-worker builds it (`consumer.record.build_meter_provider`), and a synchronous commit after every
-batch, so what is committed was recorded. Nothing scrapes it.
+What a first version of the worker would do: `consumer.pipeline.validate.decode` on each message,
+then `TokenTracker.record_usage` per event (8 SDK calls each) on a MeterProvider built exactly as
+the worker builds it (`consumer.usage.provider.build_meter_provider`), and a synchronous commit
+after every batch, so what is committed was recorded. Nothing scrapes it.
 
     python -m bench.naive --bootstrap-servers B --topic T --group-id G
 """

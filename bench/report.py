@@ -300,10 +300,10 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
         "after the last event, so it includes up to one interval of waiting); its "
         f"figures include serving those scrapes{scrape_note(results)}. The naive path and "
         "the peer are not scraped.\n"
-        "- The naive path decodes each message with `consumer.validate.decode`, records it "
-        "with `TokenTracker.record_usage` (a MeterProvider from "
-        "`consumer.record.build_meter_provider`) and commits synchronously after each batch "
-        "of 1,000.\n"
+        "- The naive path decodes each message with `consumer.pipeline.validate.decode`, records "
+        "it with `TokenTracker.record_usage` (a MeterProvider from "
+        "`consumer.usage.provider.build_meter_provider`) and commits synchronously after each "
+        "batch of 1,000.\n"
         '- The Quix Streams peer is an `Application` with `value_deserializer="json"` and '
         "`sdf.update()` calling `TokenTracker.record_usage`: it parses JSON but does not "
         "validate the schema (less work than rows 2 and 3). It commits every second "
@@ -360,7 +360,7 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
             f"A registry built as the worker builds it, holding **{scrape['sets']:,} attribute "
             "sets on each of the 8 instruments** (every set has all token kinds, a latency and "
             "status `error`: the worst case for that many sets), served by "
-            "`consumer.serve.MetricsServer`; time of a real HTTP GET of /metrics, request to "
+            "`consumer.web.server.MetricsServer`; time of a real HTTP GET of /metrics, request to "
             f"last byte, median of {scrape['reps']}.\n"
         )
         add(

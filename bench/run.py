@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.run [--events N] [--reps R] ...   (or BENCH_EVENTS, BENCH_REPS, ...)
 
-One run: start a Kafka broker in a temporary directory (consumer.broker), produce a backlog of
-realistic events (consumer.produce.synthetic_events via `python -m consumer produce`), then for
-every repetition consume that same backlog once per row, each from a fresh consumer group, in an
-order rotated per repetition:
+One run: start a Kafka broker in a temporary directory (consumer.devtools.broker), produce a backlog
+of realistic events (consumer.devtools.produce.synthetic_events via `python -m consumer produce`),
+then for every repetition consume that same backlog once per row, each from a fresh consumer group,
+in an order rotated per repetition:
 
   raw     bench/raw_consume.py: read the messages and nothing else (the floor)
   worker  `python -m consumer run`, as shipped (scrape mode), with a scraper GETting /metrics

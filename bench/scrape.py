@@ -2,8 +2,8 @@
 
 Builds the worker's registry in-process the way `consumer.cli.run_worker` does (the worker's own
 metrics, `build_meter_provider`, `TokenTracker`), records events that give `--sets` distinct
-attribute sets, serves it with `consumer.serve.MetricsServer` on a free loopback port, and times
-real HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
+attribute sets, serves it with `consumer.web.server.MetricsServer` on a free loopback port, and
+times real HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
 
 Two profiles of `--sets` events, each its own attribute set (a unique `user_tier`):
   full       every event has all token kinds, a latency and status "error", so each of the

@@ -366,7 +366,7 @@ class Settings(BaseSettings):
             {
                 "group.id": self.group_id,
                 # Offsets are stored by the worker only once an event is recorded or
-                # dead-lettered, and committed explicitly: see consumer.commit.
+                # dead-lettered, and committed explicitly: see consumer.pipeline.ledger.
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": config.get("auto.offset.reset", "earliest"),

@@ -3,7 +3,8 @@
 The broker, in order of preference:
 1. `USAGE_CONSUMER_TEST_BOOTSTRAP=host:port`: an existing cluster, used as is;
 2. `USAGE_CONSUMER_TEST_DOCKER=1`: a testcontainers Kafka container, for users with Docker;
-3. otherwise the embedded local broker (consumer.broker), started here and stopped at the end.
+3. otherwise the embedded local broker (consumer.devtools.broker), started here and stopped at
+   the end.
 """
 
 from __future__ import annotations

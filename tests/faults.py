@@ -23,7 +23,7 @@ from consumer.devtools.produce import synthetic_events
 from tests.harness import Series, WorkerProcess, expected_series, usage_series
 
 # Classic groups tuned for fast failure detection on one machine: a killed member leaves the
-# group in seconds. (KIP-848 groups take these from the broker, see consumer.broker.)
+# group in seconds. (KIP-848 groups take these from the broker, see consumer.devtools.broker.)
 FAST_CLASSIC_GROUP = (
     "--kafka-option",
     "session.timeout.ms=3000",

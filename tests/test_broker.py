@@ -1,4 +1,4 @@
-"""The local Kafka broker helper (consumer.broker), against a real broker it starts."""
+"""The local Kafka broker helper (consumer.devtools.broker), against a real broker it starts."""
 
 from __future__ import annotations
 

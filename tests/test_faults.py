@@ -293,7 +293,7 @@ def test_3_three_workers_join_and_leave_while_events_flow(
     handovers = [
         line.rsplit("(", 1)[-1].rstrip(")") for log in logs for line in log if "handed over" in line
     ]
-    lost = [line for log in logs for line in log if "WARNING consumer.source: lost" in line]
+    lost = [line for log in logs for line in log if "WARNING consumer.kafka.source: lost" in line]
     assert handovers
     unclean = [h for h in handovers if h != "covered"]
     if protocol == "consumer":

@@ -1,8 +1,8 @@
 """The hostile corpus (tests/corpus/hostile.json): every entry's exact verdict, offline and live.
 
-The unit test runs each entry through `consumer.validate.decode`. The integration test sends the
-whole corpus, mixed with valid synthetic events, through one worker subprocess on a real broker
-and checks that nothing crashes, stalls, is lost or is counted twice: every rejected entry is
+The unit test runs each entry through `consumer.pipeline.validate.decode`. The integration test
+sends the whole corpus, mixed with valid synthetic events, through one worker subprocess on a real
+broker and checks that nothing crashes, stalls, is lost or is counted twice: every rejected entry is
 dead-lettered exactly once, unchanged, with its reason; every accepted entry is counted exactly.
 """
 

@@ -37,7 +37,7 @@ def _restore_root_logger() -> Iterator[None]:
 def test_json_when_not_on_a_terminal_with_extras_and_exceptions() -> None:
     out = io.StringIO()
     configure("INFO", "auto", out)
-    log = logging.getLogger("consumer.worker")
+    log = logging.getLogger("consumer.pipeline.worker")
     log.info("handed over %s", [("t", 1)], extra={"partitions": 1, "outcome": "covered"})
     try:
         raise ValueError("boom")
@@ -47,7 +47,7 @@ def test_json_when_not_on_a_terminal_with_extras_and_exceptions() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
     assert {k: first[k] for k in ("level", "logger", "msg", "partitions", "outcome")} == {
         "level": "INFO",
-        "logger": "consumer.worker",
+        "logger": "consumer.pipeline.worker",
         "msg": "handed over [('t', 1)]",
         "partitions": 1,
         "outcome": "covered",
@@ -59,10 +59,10 @@ def test_json_when_not_on_a_terminal_with_extras_and_exceptions() -> None:
 def test_text_on_a_terminal_and_levels_apply() -> None:
     out = _Terminal()
     configure("WARNING", "auto", out)
-    logging.getLogger("consumer.source").info("not shown")
-    logging.getLogger("consumer.source").warning("paused %s", ["t/0"])
+    logging.getLogger("consumer.kafka.source").info("not shown")
+    logging.getLogger("consumer.kafka.source").warning("paused %s", ["t/0"])
     (line,) = out.getvalue().splitlines()
-    assert line.endswith(" WARNING consumer.source: paused ['t/0']")
+    assert line.endswith(" WARNING consumer.kafka.source: paused ['t/0']")
 
 
 def test_an_explicit_format_wins_over_the_terminal_check() -> None:
@@ -75,7 +75,7 @@ def test_an_explicit_format_wins_over_the_terminal_check() -> None:
 def test_repeated_warnings_are_held_back_then_counted_but_events_always_pass() -> None:
     out = io.StringIO()
     configure("INFO", "json", out, repeat_window_s=0.2)
-    log = logging.getLogger("consumer.source")
+    log = logging.getLogger("consumer.kafka.source")
     for n in range(100):
         log.warning("Kafka error: %s", f"broker down (after {n}ms)")  # only numbers differ
     log.warning("Kafka error: %s", "authorization failed")  # another message: not held back
@@ -95,7 +95,7 @@ def test_repeated_warnings_are_held_back_then_counted_but_events_always_pass() -
 def test_text_says_how_many_were_held_back() -> None:
     out = _Terminal()
     configure("INFO", "text", out, repeat_window_s=0.1)
-    log = logging.getLogger("consumer.deadletter")
+    log = logging.getLogger("consumer.pipeline.deadletter")
     for _ in range(3):
         log.error("dead-letter write failed")
     time.sleep(0.15)
@@ -125,5 +125,5 @@ def test_a_real_worker_logs_json_lines_off_a_terminal(
     ]
     messages = [(e["logger"], e["msg"].split(" ", 1)[0]) for e in entries]
     assert ("consumer", "consuming") in messages
-    assert ("consumer.source", "assigned") in messages
-    assert ("consumer.worker", "left") in messages
+    assert ("consumer.kafka.source", "assigned") in messages
+    assert ("consumer.pipeline.worker", "left") in messages

@@ -1,8 +1,8 @@
 """Kafka security on a real broker: SASL_SSL with SCRAM-SHA-512, TLS trust, ACLs, secrets.
 
-One broker for the module (consumer.broker with a SecureListener): a SASL_SSL listener whose
-certificate comes from a throwaway CA made here with `cryptography`, SCRAM users created when the
-broker is formatted, and the StandardAuthorizer. Its PLAINTEXT listener (User:ANONYMOUS, a super
+One broker for the module (consumer.devtools.broker with a SecureListener): a SASL_SSL listener
+whose certificate comes from a throwaway CA made here with `cryptography`, SCRAM users created when
+the broker is formatted, and the StandardAuthorizer. Its PLAINTEXT listener (User:ANONYMOUS, a super
 user) is the test's back door for producing and reading offsets; the worker only ever talks
 SASL_SSL. Each ACL test uses its own user, so no test's grants leak into another's.
 

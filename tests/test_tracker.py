@@ -1,4 +1,4 @@
-"""Tests for consumer.tracker: the contract of the Go TokenTracker, and record_batch equivalence.
+"""consumer.usage.tracker: the contract of the Go TokenTracker, and record_batch equivalence.
 
 Every test records through a real SDK MeterProvider (exemplars off, as in production) and reads
 the result back with an InMemoryMetricReader or through the Prometheus exporter.

@@ -1,4 +1,4 @@
-"""consumer.validate.decode: bytes -> UsageEventV1 | Rejection, and never an exception."""
+"""consumer.pipeline.validate.decode: bytes -> UsageEventV1 | Rejection, and never an exception."""
 
 import codecs
 import json

@@ -18,11 +18,11 @@ arithmetic over). Once a metric has overflowed, its other series carry
 it, so its value stays exact.
 
 :class:`CardinalityCollector` is the prometheus-client custom collector of the usage metrics:
-once per scrape it collects the SDK through a `consumer.export.UsageReader`, yields the usage
-families (`consumer.export.UsageFamily`, named as the OpenTelemetry Prometheus exporter names
-them) and counts, in the same pass, the series of each (one series = one data point, i.e. one
-label set) and whether one of them is the overflow series. After the usage families it yields
-three gauges:
+once per scrape it collects the SDK through a `consumer.exposition.reader.UsageReader`, yields
+the usage families (`consumer.exposition.reader.UsageFamily`, named as the OpenTelemetry
+Prometheus exporter names them) and counts, in the same pass, the series of each (one series =
+one data point, i.e. one label set) and whether one of them is the overflow series. After the
+usage families it yields three gauges:
 
 * ``usage_consumer_metric_series{metric}``: series per usage metric, the overflow one included;
 * ``usage_consumer_cardinality_overflow{metric}``: 1 when that metric has an overflow series;

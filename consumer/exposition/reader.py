@@ -10,7 +10,7 @@ between scrapes.
 `FamilyBuilder` turns it into `UsageFamily` objects: prometheus-client families that carry
 their data points, named exactly as the exporter names them (its own mapping helpers are
 used). They build their `samples` only when something asks (`generate_latest`, the OpenMetrics
-encoder, tests), with the exporter's rules; `consumer.exposition.TextRenderer` writes them
+encoder, tests), with the exporter's rules; `consumer.exposition.text.TextRenderer` writes them
 straight from the data points and caches each point's rendered labels. tests/test_exposition.py
 holds both to byte equality with the exporter itself (hypothesis-generated events, one
 MeterProvider feeding both readers).

@@ -1,12 +1,13 @@
 """The Prometheus text format, byte for byte as prometheus-client writes it, but fast.
 
 prometheus-client's `generate_latest` validates and escapes every label name and value of every
-sample on every scrape; with the tracker's ten labels that is most of a scrape's cost (about 45 µs
-a line, so seconds for the tens of thousands of lines a busy worker exports). The label sets of a
+sample on every scrape; with the tracker's ten labels that is most of a scrape's cost (about 45 µs a
+line, so seconds for the tens of thousands of lines a busy worker exports). The label sets of a
 series do not change between scrapes, so this renderer keeps each rendered label string, keyed by
 the sample's labels, and does the rest exactly as `generate_latest` does. The usage metrics
-(`consumer.export.UsageFamily`) it writes straight from their data points, without building a
-`Sample` per line. tests/test_exposition.py holds it to byte equality with `generate_latest`.
+(`consumer.exposition.reader.UsageFamily`) it writes straight from their data points, without
+building a `Sample` per line. tests/test_exposition.py holds it to byte equality with
+`generate_latest`.
 
 `chunks` yields the text in pieces of a few hundred KiB, so a scrape of tens of megabytes is sent as
 it is written instead of being held whole in memory three times over (lines, text, bytes).

@@ -3,7 +3,7 @@
 librdkafka reports a failed SASL authentication, a failed TLS handshake and a missing ACL as
 transient errors and retries them for ever. `access_error` recognises them and returns the
 `AccessError` that says what to fix (the user, the CA file, the ACL), for the consumer
-(consumer.source) and the dead-letter producer (consumer.deadletter) alike.
+(consumer.kafka.source) and the dead-letter producer (consumer.pipeline.deadletter) alike.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ extra broker round trip.
 A refusal by the cluster stops the worker: librdkafka reports a failed SASL authentication, a
 failed TLS handshake or a missing ACL as a transient error and retries for ever, which would
 leave a worker that looks alive and reads nothing. `read_batch` raises an `AccessError` naming
-the user, the CA file or the ACL instead (see `consumer.refusals`).
+the user, the CA file or the ACL instead (see `consumer.kafka.refusals`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each dead letter keeps the original key, value, headers and timestamp, and adds headers:
 
-    dlq.reason            reason code (consumer.validate.Reason)
+    dlq.reason            reason code (consumer.pipeline.validate.Reason)
     dlq.detail            short human-readable detail
     dlq.source.topic      where the message came from
     dlq.source.partition
@@ -154,7 +154,7 @@ def _printable(text: str) -> str:
 class RecentDeadLetters:
     """Counts per reason code and the last few examples of each; bounded in size.
 
-    Reason codes are a closed set (consumer.validate.Reason) and each keeps at most
+    Reason codes are a closed set (consumer.pipeline.validate.Reason) and each keeps at most
     `per_reason` examples of at most `value_chars` characters, so this never grows with the
     traffic. Written by the worker loop, read by HTTP threads: locked.
     """

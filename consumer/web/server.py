@@ -8,7 +8,7 @@ compete for the GIL. The status page collects the registry too (series counts), 
 same lock: the usage reader keeps its last collect in one slot, and two collects at once could
 hand a scrape an empty one.
 
-With a web configuration (consumer.webconfig) the server speaks HTTPS only and asks for basic
+With a web configuration (consumer.web.webconfig) the server speaks HTTPS only and asks for basic
 auth on every path except `/healthz` and `/readyz`: kubelet probes cannot send credentials
 without writing the password into the pod spec, and those two say no more than "ok" or why the
 worker is not ready. `/metrics`, `/` and `/status` (which shows prefixes of rejected messages)
@@ -47,7 +47,7 @@ class ScrapeObserver(Protocol):
 
 
 class StatusView(Protocol):
-    """The status page in both renderings (consumer.status); called under the scrape lock."""
+    """The status page in both renderings (consumer.web.status); called under the scrape lock."""
 
     def html(self) -> bytes: ...
     def json(self) -> bytes: ...

@@ -142,7 +142,7 @@ class SeriesCounts:
     series), so its result is reused for `max_age_s`: a browser tab left refreshing must not
     cost the worker a scrape each time. The status says how old the counts are. The usage
     families go by untouched (their samples are built only when read). The caller holds the
-    scrape lock (consumer.serve)."""
+    scrape lock (consumer.web.server)."""
 
     def __init__(self, registry: CollectorRegistry, max_age_s: float = 5.0) -> None:
         self._registry = registry
@@ -274,7 +274,7 @@ def build_status(
 
 
 class StatusPage:
-    """`consumer.serve.StatusView`: the status as JSON and as HTML."""
+    """`consumer.web.server.StatusView`: the status as JSON and as HTML."""
 
     def __init__(self, sources: StatusSources) -> None:
         self._sources = sources

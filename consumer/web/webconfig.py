@@ -24,7 +24,7 @@ security option is worse than a worker that will not start. Certificates are the
 certificate, key and client CA when their files change (cert-manager rotates them in place).
 The users are not reloaded; changing them takes a restart.
 
-Which paths need credentials is decided in consumer.serve (`/healthz` and `/readyz` do not).
+Which paths need credentials is decided in consumer.web.server (`/healthz` and `/readyz` do not).
 """
 
 from __future__ import annotations

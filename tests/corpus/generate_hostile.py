@@ -3,10 +3,10 @@
 The JSON file is the artifact (tests read only it); this script is its readable source. Edit the
 cases here, run `.venv/bin/python tests/corpus/generate_hostile.py`, and commit both files.
 
-Every case is the exact message value and what `consumer.validate.decode(value, max_bytes=65536)`
-must make of it: a `consumer.validate.Reason` value, or "accepted". The expectations are written
-by hand from the wire contract (schemas/usage_event.py) and the parser behaviours documented in
-consumer/validate.py; they are not computed by calling `decode`.
+Every case is the exact message value and what `consumer.pipeline.validate.decode(value,
+max_bytes=65536)` must make of it: a `consumer.pipeline.validate.Reason` value, or "accepted". The
+expectations are written by hand from the wire contract (schemas/usage_event.py) and the parser
+behaviours documented in consumer/pipeline/validate.py; they are not computed by calling `decode`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ ABOUT = [
     "",
     "entries[i].name     unique identifier",
     "entries[i].note     what the case is about (human-readable)",
-    "entries[i].expect   the outcome of consumer.validate.decode(value, max_bytes) with the",
-    "                    max_bytes below: a consumer.validate.Reason value, or 'accepted'",
+    "entries[i].expect   the outcome of consumer.pipeline.validate.decode(value, max_bytes)",
+    "                    with the max_bytes below: a consumer.pipeline.validate.Reason value,",
+    "                    or 'accepted'",
     "entries[i].b64      the exact message value, base64; null means no value at all (a",
     "                    Kafka tombstone). Huge values use 'parts' instead of 'b64':",
     "entries[i].parts    [{'b64': '<base64>', 'times': N}, ...]: the value is the",
