@@ -43,7 +43,8 @@ def events(sets: int, profile: str) -> list[UsageOptions]:
                 error_code="upstream_timeout",
                 input_tokens=e["input_tokens"] or 100,
                 output_tokens=e["output_tokens"] or 10,
-                cache_input_tokens=e["cache_input_tokens"] or 1000,
+                cache_read_tokens=e.get("cache_read_tokens", e.get("cache_input_tokens", 0))
+                or 1000,
                 system_tokens=e["system_tokens"] or 5,
             )
         fields = {k: v for k, v in e.items() if k not in ("schema_version", "event_id")}

@@ -15,6 +15,7 @@ from types import FrameType
 from confluent_kafka import Producer
 from prometheus_client import CollectorRegistry
 
+from consumer.errors import ConfigError
 from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.kafka.membership import Membership
 from consumer.kafka.refusals import ClientIdentity
@@ -26,10 +27,10 @@ from consumer.pipeline.ledger import LedgerCollector, OffsetLedger
 from consumer.pipeline.pausing import Backpressure, PauseManager
 from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.worker import Worker
-from consumer.settings import Settings
+from consumer.settings import Settings, setting_label
+from consumer.usage.profiles import build_trackers, describe
 from consumer.usage.provider import METER_NAME, build_meter_provider
 from consumer.usage.record import Recorder
-from consumer.usage.tracker import TokenTracker
 from consumer.web.server import MetricsServer
 from consumer.web.status import SeriesCounts, StatusPage, StatusSources
 from consumer.web.webconfig import load_web_config
@@ -47,13 +48,18 @@ COMMIT_MODES = {
 
 def run_worker(settings: Settings, stop: threading.Event) -> int:
     """Build every stage from the settings, serve /metrics, and run until `stop` is set."""
-    # First: a bad web configuration must stop start-up before anything joins the group.
+    # First: a bad web configuration or profile must stop start-up before anything joins.
     web = load_web_config(settings.web_config_file) if settings.web_config_file else None
     registry = CollectorRegistry(auto_describe=True)
     meter_provider = build_meter_provider(registry, settings.cardinality_limit)
-    tracker = TokenTracker(
-        meter_provider.get_meter(METER_NAME), remembered_sets=settings.cardinality_limit
-    )
+    try:
+        trackers = build_trackers(
+            settings.metrics_profile,
+            meter_provider.get_meter(METER_NAME),
+            settings.cardinality_limit,
+        )
+    except KeyError as exc:
+        raise ConfigError(setting_label("metrics_profile"), str(exc.args[0])) from None
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
@@ -108,7 +114,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     )
     worker = Worker(
         source=source,
-        recorder=Recorder(tracker),
+        recorder=Recorder(*trackers),
         dead_letters=dead_letters,
         ledger=ledger,
         committer=committer,
@@ -141,6 +147,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         " (basic auth)" if web is not None and web.users else "",
     )
     log.info("commit mode %s: %s", settings.commit_mode, COMMIT_MODES[settings.commit_mode])
+    log.info("metrics profile %s: %s", settings.metrics_profile, describe(settings.metrics_profile))
     log.debug("settings: %s", settings.redacted())
     try:
         worker.run(stop)

@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_label"]
 
 ENV_PREFIX = "USAGE_CONSUMER_"
 
@@ -194,6 +194,13 @@ class Settings(BaseSettings):
         description=(
             "On revocation, how long to wait for a scrape to cover the partitions before "
             "committing and releasing them; must stay below max.poll.interval.ms."
+        ),
+    )
+    metrics_profile: str = Field(
+        default="llm",
+        description=(
+            "Which metrics the usage events become: llm (the seed tracker's llm.* instruments), "
+            "genai (the OpenTelemetry GenAI client metrics) or both."
         ),
     )
     group_protocol: Literal["classic", "consumer"] = Field(
@@ -426,11 +433,14 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else "settings"
-        if field in Settings.model_fields:
-            setting = f"{field} (env {ENV_PREFIX}{field.upper()}, flag --{field.replace('_', '-')})"
-        else:
-            setting = field
-        raise ConfigError(setting, _describe(first)) from None
+        raise ConfigError(setting_label(field), _describe(first)) from None
+
+
+def setting_label(field: str) -> str:
+    """How errors name a setting: its name, its environment variable and its flag."""
+    if field not in Settings.model_fields:
+        return field
+    return f"{field} (env {ENV_PREFIX}{field.upper()}, flag --{field.replace('_', '-')})"
 
 
 def _describe(error: Any) -> str:

@@ -41,6 +41,11 @@ Strictness (deliberate, for a wire contract)
   may pass an aware ``datetime`` instead of a string.
 * Lengths are counted in Unicode code points (as JSON Schema's
   ``maxLength`` does), not in bytes (as Go's ``len`` does).
+* ``cache_read_tokens`` and ``cache_input_tokens`` (the seed tracker's name)
+  are one quantity under two names (:data:`SAME_QUANTITY`): an event may carry
+  either, or both with the same value; both with different values is
+  rejected (error type ``cache_tokens_conflict``). New producers send
+  ``cache_read_tokens``.
 """
 
 import json
@@ -48,7 +53,15 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError, PydanticKnownError
 
 SCHEMA_VERSION: Final = 1
@@ -63,7 +76,7 @@ JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 MAX_EVENT_ID_LENGTH: Final = 128
 """``event_id``: room for a UUID, a ULID or a prefixed ID."""
 MAX_LABEL_LENGTH: Final = 128
-"""``provider``, ``provider_uuid``, ``rule_uuid``, ``scenario``, ``user_tier``."""
+"""``provider``, ``provider_uuid``, ``rule_uuid``, ``scenario``, ``user_tier``, ``operation``."""
 MAX_MODEL_LENGTH: Final = 256
 """``model``, ``request_model``: provider model IDs can be long paths/ARNs."""
 MAX_ERROR_CODE_LENGTH: Final = 256
@@ -74,6 +87,10 @@ MAX_TOKENS: Final = 10_000_000
 """Per token field; larger than any context window today."""
 MAX_LATENCY_MS: Final = 86_400_000
 """24 hours, in milliseconds."""
+
+SAME_QUANTITY: Final = (("cache_read_tokens", "cache_input_tokens"),)
+"""Pairs of fields that name one quantity (current name first, then the seed's): an event may
+carry either name; both present with different values is a ``cache_tokens_conflict``."""
 
 # Time window for occurred_at: OCCURRED_AT_MIN <= occurred_at < OCCURRED_AT_MAX.
 OCCURRED_AT_MIN: Final = datetime(2000, 1, 1, tzinfo=UTC)
@@ -272,20 +289,38 @@ class UsageEventV1(BaseModel):
         default="",
         description="Tier/plan of the calling user or tenant; empty if unknown.",
     )
+    operation: Label = Field(
+        default="",
+        description="GenAI operation the request performed (gen_ai.operation.name), e.g."
+        ' "chat", "text_completion", "embeddings"; empty means "chat".',
+        examples=["chat", "text_completion", "embeddings", "generate_content"],
+    )
     input_tokens: TokenCount = Field(
         default=0,
         description=(
             "Input (prompt) tokens consumed, EXCLUDING tokens served from the prompt cache"
-            f" (those go in cache_input_tokens). 0 to {MAX_TOKENS}."
+            f" (those go in cache_read_tokens). 0 to {MAX_TOKENS}."
         ),
     )
     output_tokens: TokenCount = Field(
         default=0,
         description=f"Output (completion) tokens as reported by the provider. 0 to {MAX_TOKENS}.",
     )
+    cache_read_tokens: TokenCount = Field(
+        default=0,
+        description=f"Input tokens served from the provider's prompt cache. 0 to {MAX_TOKENS}."
+        " The same quantity as cache_input_tokens (its older name): send one of the two, or"
+        " both with the same value.",
+    )
     cache_input_tokens: TokenCount = Field(
         default=0,
-        description=f"Input tokens served from the provider's prompt cache. 0 to {MAX_TOKENS}.",
+        description="The older name of cache_read_tokens, still accepted; new producers send"
+        f" cache_read_tokens. 0 to {MAX_TOKENS}.",
+    )
+    cache_write_tokens: TokenCount = Field(
+        default=0,
+        description="Input tokens written to the provider's prompt cache; they are already"
+        f" counted in input_tokens. 0 to {MAX_TOKENS}.",
     )
     system_tokens: TokenCount = Field(
         default=0,
@@ -301,6 +336,25 @@ class UsageEventV1(BaseModel):
         strict=True,
         description="Whether the response was streamed to the client.",
     )
+
+    @model_validator(mode="after")
+    def _one_quantity_one_value(self) -> "UsageEventV1":
+        """Both names of a quantity end up holding the value that was sent under either."""
+        sent = self.model_fields_set
+        for current, older in SAME_QUANTITY:
+            mine, theirs = getattr(self, current), getattr(self, older)
+            if current in sent and older in sent and mine != theirs:
+                raise PydanticCustomError(
+                    "cache_tokens_conflict",
+                    "{current} ({mine}) and {older} ({theirs}) name the same quantity and must"
+                    " agree when both are sent",
+                    {"current": current, "mine": mine, "older": older, "theirs": theirs},
+                )
+            if older in sent and current not in sent:
+                self.__dict__[current] = theirs  # frozen: set once, while validating
+            elif current in sent and older not in sent:
+                self.__dict__[older] = mine
+        return self
 
 
 def json_schema() -> dict[str, Any]:

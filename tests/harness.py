@@ -79,6 +79,11 @@ def _truncate(code: str, limit: int = 64) -> str:
     return data.decode("utf-8", "ignore")
 
 
+def cache_read_tokens(event: Mapping[str, Any]) -> int:
+    """Prompt-cache reads, sent as cache_read_tokens or under the seed's cache_input_tokens."""
+    return int(event.get("cache_read_tokens", event.get("cache_input_tokens", 0)))
+
+
 def expected_series(events: Iterable[Mapping[str, Any]]) -> Series:
     """What the tracker must export for these events: counters and histogram count/sum."""
     out: dict[tuple[str, Labels], float] = defaultdict(float)
@@ -101,7 +106,7 @@ def expected_series(events: Iterable[Mapping[str, Any]]) -> Series:
                 labels[attr] = _truncate(e[key]) if key == "error_code" else e[key]
         base = frozenset((k, v) for k, v in labels.items() if v)  # see parse_exposition
         inp, outp = e.get("input_tokens", 0), e.get("output_tokens", 0)
-        cache, system = e.get("cache_input_tokens", 0), e.get("system_tokens", 0)
+        cache, system = cache_read_tokens(e), e.get("system_tokens", 0)
         latency = e.get("latency_ms", 0)
         if inp > 0:
             out[("llm_token_usage_input_total", base)] += inp

@@ -4,6 +4,11 @@ promtool comes with Debian's `prometheus` package (`make prometheus` installs it
 in deploy/prometheus/tests feed every recording rule and every alert synthetic series and expect
 exact values, labels and rendered annotations; the tests here run them and check that they
 cover every rule, both firing and not firing.
+
+The rule files come in two pairs: recording.yml and alerts.yml (the worker's own metrics, for
+both metrics profiles, and the `llm` profile's), genai-recording.yml and genai-alerts.yml (the
+`genai` profile's). Every check here covers every rule file, and each has a unit test file named
+after it (genai-alerts.yml: tests/genai_alerts_test.yml).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "prometheus"
-RULE_FILES = [DEPLOY / "rules" / "recording.yml", DEPLOY / "rules" / "alerts.yml"]
+RULES_DIR = DEPLOY / "rules"
+# Every rule file, in the order prometheus.yml loads them. The compose stack and the end-to-end
+# test load rules/*.yml, so a file in that directory must be listed (and tested) here.
+RULE_FILES = [
+    RULES_DIR / name
+    for name in ("recording.yml", "alerts.yml", "genai-recording.yml", "genai-alerts.yml")
+]
 UNIT_TESTS = sorted((DEPLOY / "tests").glob("*.yml"))
 OPERATIONS_DOC = REPO / "docs" / "operations.md"
 SEVERITIES = {"critical", "warning", "info"}
@@ -38,29 +50,50 @@ def promtool(*args: str, cwd: Path = DEPLOY) -> str:
     return output
 
 
-def rules(kind: str) -> list[dict[str, Any]]:
-    """Every rule of one kind ("record" or "alert") across the rule files."""
+def groups(path: Path) -> list[dict[str, Any]]:
+    return yaml.safe_load(path.read_text())["groups"]
+
+
+def rules(kind: str, paths: Sequence[Path] = tuple(RULE_FILES)) -> list[dict[str, Any]]:
+    """Every rule of one kind ("record" or "alert") across the rule files (or those given)."""
     out = []
-    for path in RULE_FILES:
-        for group in yaml.safe_load(path.read_text())["groups"]:
+    for path in paths:
+        for group in groups(path):
             out.extend(rule for rule in group["rules"] if kind in rule)
     return out
 
 
-def unit_tests() -> list[dict[str, Any]]:
-    return [test for path in UNIT_TESTS for test in yaml.safe_load(path.read_text())["tests"]]
+def unit_test_file(rule_file: Path) -> Path:
+    """A rule file's promtool unit tests: rules/genai-alerts.yml, tests/genai_alerts_test.yml."""
+    return DEPLOY / "tests" / f"{rule_file.stem.replace('-', '_')}_test.yml"
+
+
+def unit_tests(rule_file: Path) -> list[dict[str, Any]]:
+    """The tests of the unit test file named after a rule file."""
+    return yaml.safe_load(unit_test_file(rule_file).read_text())["tests"]
+
+
+def test_every_rule_file_in_the_rules_directory_is_listed() -> None:
+    assert sorted(RULES_DIR.glob("*.yml")) == sorted(RULE_FILES)
+    names = [group["name"] for path in RULE_FILES for group in groups(path)]
+    assert len(names) == len(set(names)), names
 
 
 def test_rule_files_pass_promtool_check() -> None:
     output = promtool("check", "rules", *map(str, RULE_FILES))
-    assert f"SUCCESS: {len(rules('record'))} rules found" in output, output
-    assert f"SUCCESS: {len(rules('alert'))} rules found" in output, output
+    for path in RULE_FILES:
+        count = sum(len(group["rules"]) for group in groups(path))
+        assert count, path
+        assert f"Checking {path}\n  SUCCESS: {count} rules found" in output, output
 
 
 def test_example_config_passes_promtool_check() -> None:
     # check config also loads and checks the rule files it names
     output = promtool("check", "config", "prometheus.yml")
-    assert "SUCCESS: 2 rule files found" in output, output
+    assert f"SUCCESS: {len(RULE_FILES)} rule files found" in output, output
+    for path in RULE_FILES:
+        count = sum(len(group["rules"]) for group in groups(path))
+        assert f"Checking {path.relative_to(DEPLOY)}\n  SUCCESS: {count} rules found" in output
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     assert [(DEPLOY / f).resolve() for f in config["rule_files"]] == RULE_FILES
     (job,) = config["scrape_configs"]
@@ -68,32 +101,51 @@ def test_example_config_passes_promtool_check() -> None:
     assert job["static_configs"] == [{"targets": ["127.0.0.1:9464"]}]
 
 
+def test_every_rule_file_has_a_unit_test_file_that_loads_it() -> None:
+    assert sorted(map(unit_test_file, RULE_FILES)) == UNIT_TESTS
+    for rule_file in RULE_FILES:
+        test_file = unit_test_file(rule_file)
+        loaded = [
+            (test_file.parent / f).resolve()
+            for f in yaml.safe_load(test_file.read_text())["rule_files"]
+        ]
+        assert set(loaded) <= set(RULE_FILES), (test_file, loaded)
+        assert rule_file in loaded, (test_file, loaded)
+
+
 def test_promtool_unit_tests_pass() -> None:
-    assert [p.name for p in UNIT_TESTS] == ["alerts_test.yml", "recording_test.yml"]
     output = promtool("test", "rules", *(str(p.relative_to(DEPLOY)) for p in UNIT_TESTS))
+    for path in UNIT_TESTS:
+        assert f"Unit Testing:  {path.relative_to(DEPLOY)}\n  SUCCESS" in output, output
     assert output.count("SUCCESS") == len(UNIT_TESTS), output
 
 
 def test_every_recording_rule_has_an_exact_unit_test() -> None:
-    tested: dict[str, int] = {}
-    for test in unit_tests():
-        for case in test.get("promql_expr_test", []):
-            if case["exp_samples"]:
-                tested[case["expr"]] = tested.get(case["expr"], 0) + 1
     names = [rule["record"] for rule in rules("record")]
     assert len(names) == len(set(names)), names
-    assert sorted(set(names) - set(tested)) == []
+    for rule_file in RULE_FILES:
+        # tested with expected samples by the unit test file named after the rule's file
+        tested = {
+            case["expr"]
+            for test in unit_tests(rule_file)
+            for case in test.get("promql_expr_test", [])
+            if case["exp_samples"]
+        }
+        missing = {rule["record"] for rule in rules("record", [rule_file])} - tested
+        assert sorted(missing) == [], f"recording rules of {rule_file.name} without exact test"
 
 
 def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
-    firing: set[str] = set()
-    silent: set[str] = set()
-    for test in unit_tests():
-        for case in test.get("alert_rule_test", []):
-            (firing if case.get("exp_alerts") else silent).add(case["alertname"])
-    names = {rule["alert"] for rule in rules("alert")}
-    assert sorted(names - firing) == [], "alerts never tested firing"
-    assert sorted(names - silent) == [], "alerts never tested not firing"
+    for rule_file in RULE_FILES:
+        # by the unit test file named after the alert's file
+        firing: set[str] = set()
+        silent: set[str] = set()
+        for test in unit_tests(rule_file):
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else silent).add(case["alertname"])
+        names = {rule["alert"] for rule in rules("alert", [rule_file])}
+        assert sorted(names - firing) == [], f"alerts of {rule_file.name} never tested firing"
+        assert sorted(names - silent) == [], f"alerts of {rule_file.name} never tested not firing"
 
 
 def test_recording_rules_follow_the_naming_convention_and_sum_over_workers() -> None:

@@ -40,6 +40,7 @@ STRING_FIELDS = {
     "scenario": MAX_LABEL_LENGTH,
     "error_code": MAX_ERROR_CODE_LENGTH,
     "user_tier": MAX_LABEL_LENGTH,
+    "operation": MAX_LABEL_LENGTH,
 }
 OPTIONAL_STRINGS = (
     "provider_uuid",
@@ -48,12 +49,15 @@ OPTIONAL_STRINGS = (
     "scenario",
     "error_code",
     "user_tier",
+    "operation",
 )
 NON_EMPTY_STRINGS = ("event_id", "provider", "model")
 INT_FIELDS = {
     "input_tokens": MAX_TOKENS,
     "output_tokens": MAX_TOKENS,
+    "cache_read_tokens": MAX_TOKENS,
     "cache_input_tokens": MAX_TOKENS,
+    "cache_write_tokens": MAX_TOKENS,
     "system_tokens": MAX_TOKENS,
     "latency_ms": MAX_LATENCY_MS,
 }
@@ -64,9 +68,12 @@ DEFAULTS: dict[str, Any] = {
     "scenario": "",
     "error_code": "",
     "user_tier": "",
+    "operation": "",
     "input_tokens": 0,
     "output_tokens": 0,
+    "cache_read_tokens": 0,
     "cache_input_tokens": 0,
+    "cache_write_tokens": 0,
     "system_tokens": 0,
     "latency_ms": 0,
     "streamed": False,
@@ -127,9 +134,12 @@ def test_all_fields_set() -> None:
         "scenario": "sc",
         "error_code": "ec",
         "user_tier": "ut",
+        "operation": "embeddings",
         "input_tokens": 1,
         "output_tokens": 2,
+        "cache_read_tokens": 3,
         "cache_input_tokens": 3,
+        "cache_write_tokens": 1,
         "system_tokens": 4,
         "latency_ms": 5,
         "streamed": True,

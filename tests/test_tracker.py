@@ -226,13 +226,32 @@ def test_usage_options_shape() -> None:
         ("input_tokens", "int", 0),
         ("output_tokens", "int", 0),
         ("cache_input_tokens", "int", 0),
+        ("cache_read_tokens", "int", 0),
+        ("cache_write_tokens", "int", 0),
         ("system_tokens", "int", 0),
         ("streamed", "bool", False),
         ("status", "str", ""),
         ("error_code", "str", ""),
         ("latency_ms", "int", 0),
         ("user_tier", "str", ""),
+        ("operation", "str", ""),
     ]
+
+
+@pytest.mark.parametrize(
+    ("given", "value"),
+    [({"cache_read_tokens": 7}, 7), ({"cache_input_tokens": 7}, 7), ({}, 0)],
+)
+def test_usage_options_hold_the_cache_reads_under_both_names(
+    given: dict[str, int], value: int
+) -> None:
+    opts = UsageOptions(**given)
+    assert (opts.cache_read_tokens, opts.cache_input_tokens) == (value, value)
+
+
+def test_usage_options_refuse_two_different_cache_reads() -> None:
+    with pytest.raises(ValueError, match=r"cache_read_tokens \(7\) and cache_input_tokens \(6\)"):
+        UsageOptions(cache_read_tokens=7, cache_input_tokens=6)
     o = UsageOptions()
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.provider = "x"  # type: ignore[misc]

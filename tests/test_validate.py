@@ -15,6 +15,7 @@ from consumer.pipeline.validate import (
     Reason,
     Rejection,
     decode,
+    decode_fast,
 )
 from schemas import (
     MAX_ERROR_CODE_LENGTH,
@@ -498,8 +499,53 @@ def test_reason_values_are_stable() -> None:
         "not_an_object",
         "unsupported_schema_version",
         "schema_violation",
+        "cache_tokens_conflict",
     ]
     assert f"{Reason.NOT_UTF8}" == "not_utf8"
+
+
+# --- cache_read_tokens and cache_input_tokens: one quantity, two names ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "value"),
+    [
+        ({"cache_read_tokens": 700}, 700),
+        ({"cache_input_tokens": 700}, 700),
+        ({"cache_read_tokens": 700, "cache_input_tokens": 700}, 700),
+        ({"cache_read_tokens": 0, "cache_input_tokens": 0}, 0),
+        ({}, 0),
+    ],
+)
+def test_either_name_of_the_cache_reads_is_accepted_and_both_hold_it(
+    sent: dict[str, int], value: int
+) -> None:
+    for decoder in (decode, decode_fast):
+        got = decoder(event(**sent), LIMIT)
+        assert not isinstance(got, Rejection), got
+        assert (got.cache_read_tokens, got.cache_input_tokens) == (value, value)
+
+
+@pytest.mark.parametrize(
+    ("read", "seed"),
+    [(700, 699), (700, 0), (0, 700)],
+)
+def test_both_names_of_the_cache_reads_with_different_values_are_a_conflict(
+    read: int, seed: int
+) -> None:
+    value = event(cache_read_tokens=read, cache_input_tokens=seed)
+    expected = Rejection(
+        Reason.CACHE_TOKENS_CONFLICT,
+        f"cache_read_tokens ({read}) and cache_input_tokens ({seed}) name the same quantity and"
+        " must agree when both are sent",
+    )
+    assert decode(value, LIMIT) == expected
+    assert decode_fast(value, LIMIT) == expected
+
+
+def test_a_field_error_wins_over_a_cache_conflict() -> None:
+    got = rejected(event(cache_read_tokens=1, cache_input_tokens=2, input_tokens="3"))
+    assert got.reason is Reason.SCHEMA_VIOLATION
 
 
 def test_rejection_is_frozen() -> None:
@@ -619,14 +665,20 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], datetime]:
         "user_tier": label_text(0, MAX_LABEL_LENGTH),
         "input_tokens": token_counts,
         "output_tokens": token_counts,
-        "cache_input_tokens": token_counts,
+        "cache_read_tokens": token_counts,
+        "cache_write_tokens": token_counts,
         "system_tokens": token_counts,
+        "operation": label_text(0, MAX_LABEL_LENGTH),
         "latency_ms": st.integers(min_value=0, max_value=MAX_LATENCY_MS),
         "streamed": st.booleans(),
     }
     for name, strategy in optional.items():
         if draw(st.booleans()):
             payload[name] = draw(strategy)
+    if "cache_read_tokens" in payload and draw(st.booleans()):  # the seed's name, agreeing
+        payload["cache_input_tokens"] = payload["cache_read_tokens"]
+        if draw(st.booleans()):
+            del payload["cache_read_tokens"]
     return payload, occurred_at
 
 
@@ -644,8 +696,11 @@ def test_valid_events_round_trip(
     for name, value in payload.items():
         if name != "occurred_at":
             assert dumped[name] == value, name
+    cache_reads = payload.get("cache_read_tokens", payload.get("cache_input_tokens", 0))
     for name, field in UsageEventV1.model_fields.items():
-        if name not in payload:
+        if name in ("cache_read_tokens", "cache_input_tokens"):
+            assert dumped[name] == cache_reads, name
+        elif name not in payload:
             assert dumped[name] == field.default, name
     # And back: the model's own JSON is accepted and equal.
     assert accepted(got.model_dump_json().encode()) == got

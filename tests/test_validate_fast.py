@@ -38,22 +38,6 @@ def assert_same_verdict(value: bytes | None) -> None:
     assert occurred == slow.occurred_at
 
 
-def test_fast_struct_mirrors_the_model() -> None:
-    assert set(FastUsageEvent.__struct_fields__) == set(UsageEventV1.model_fields)
-    for name, field in UsageEventV1.model_fields.items():
-        if not field.is_required():
-            assert (
-                FastUsageEvent.__struct_defaults__[  # type: ignore[attr-defined]
-                    FastUsageEvent.__struct_fields__.index(name)
-                    - (
-                        len(FastUsageEvent.__struct_fields__)
-                        - len(FastUsageEvent.__struct_defaults__)
-                    )
-                ]
-                == field.default
-            )
-
-
 def test_valid_events_take_the_fast_path() -> None:
     for event in synthetic_events(200, seed=9):
         assert isinstance(decode_fast(json.dumps(event).encode(), MAX), FastUsageEvent)

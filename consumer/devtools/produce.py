@@ -49,7 +49,8 @@ MIX_FIELDS = frozenset(
     {
         *("schema_version", "event_id", "occurred_at", "provider", "provider_uuid", "model"),
         *("request_model", "scenario", "status", "input_tokens", "output_tokens"),
-        *("cache_input_tokens", "system_tokens", "streamed", "latency_ms", "user_tier"),
+        *("cache_read_tokens", "cache_input_tokens", "cache_write_tokens", "system_tokens"),
+        *("streamed", "latency_ms", "user_tier"),
         *("rule_uuid", "error_code"),
     }
 )
@@ -85,7 +86,7 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             "status": status,
             "input_tokens": min(input_tokens, 2_000_000),
             "output_tokens": min(output_tokens, 200_000),
-            "cache_input_tokens": int(rng.lognormvariate(7, 1)) if rng.random() < 0.3 else 0,
+            "cache_read_tokens": int(rng.lognormvariate(7, 1)) if rng.random() < 0.3 else 0,
             "system_tokens": rng.randint(1, 50) if rng.random() < 0.1 else 0,
             "streamed": streamed,
             "latency_ms": min(int(rng.lognormvariate(7.3, 1.0)), 3_600_000),
@@ -96,6 +97,12 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
             event["rule_uuid"] = rule
         if status == "error":
             event["error_code"] = rng.choice(_ERROR_CODES)
+        if extra.random() < 0.25:  # gateways not yet moved on send the seed's name
+            event["cache_input_tokens"] = event.pop("cache_read_tokens")
+        if extra.random() < 0.1:
+            event["cache_write_tokens"] = min(
+                int(extra.lognormvariate(6, 1)), event["input_tokens"]
+            )
         for name, examples in _EXAMPLES:
             event[name] = extra.choice(examples)
         yield event

@@ -20,6 +20,9 @@ Classification, in order:
   different version may legitimately have different fields. A
   ``schema_version`` that is not an integer at all (``"1"``, ``1.0``, ``true``,
   ``null``) is a malformed v1 event, not a future version: ``SCHEMA_VIOLATION``.
+* ``cache_read_tokens`` and ``cache_input_tokens`` both sent, with different
+  values (every field valid otherwise) -> ``CACHE_TOKENS_CONFLICT``, the
+  detail naming both values.
 * anything else -> ``SCHEMA_VIOLATION``, detail listing the first
   :data:`MAX_LISTED_ERRORS` failing fields, e.g.
   ``input_tokens: Input should be a valid integer (got '12'); model: Field required``.
@@ -98,7 +101,7 @@ from pydantic_core import ErrorDetails
 
 from consumer.usage.options import UsageLike
 from schemas import NO_CONTROL_CHARS_PATTERN, SCHEMA_VERSION, UsageEventV1
-from schemas.usage_event import OCCURRED_AT_MAX, OCCURRED_AT_MIN
+from schemas.usage_event import OCCURRED_AT_MAX, OCCURRED_AT_MIN, SAME_QUANTITY
 
 __all__ = [
     "MAX_DETAIL_LENGTH",
@@ -131,6 +134,7 @@ class Reason(enum.StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     SCHEMA_VIOLATION = "schema_violation"
+    CACHE_TOKENS_CONFLICT = "cache_tokens_conflict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +202,11 @@ def _classify(value: bytes, errors: list[ErrorDetails]) -> Rejection:
                 Reason.UNSUPPORTED_SCHEMA_VERSION,
                 f"schema_version {_int_repr(version)} is not supported"
                 f" (this consumer understands {SCHEMA_VERSION})",
+            )
+    for error in errors:
+        if error["type"] == "cache_tokens_conflict":
+            return Rejection(
+                Reason.CACHE_TOKENS_CONFLICT, _clip(_clean(error["msg"]), MAX_DETAIL_LENGTH)
             )
     return Rejection(Reason.SCHEMA_VIOLATION, _field_errors(errors))
 
@@ -292,7 +301,8 @@ def _clip(text: str, limit: int) -> str:
 # FastUsageEvent is derived from UsageEventV1's fields at import time: its names, order, defaults
 # and limits are the model's, so a field added to the model is decoded here too. A field of a
 # kind this derivation does not know stops the import, naming it: the fast path must never
-# accept what it does not check.
+# accept what it does not check. The two names of one quantity (SAME_QUANTITY) default to UNSET,
+# so that __post_init__ can tell "sent" from "absent" as the model's validator does.
 
 # A strict subset of RFC3339_PATTERN whose every match datetime.fromisoformat parses exactly as
 # the model's parser does (upper-case T and Z, offsets up to 23:59, at most microseconds, no leap
@@ -341,6 +351,15 @@ class _FastEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
             raise ValueError("control character")
         if not OCCURRED_AT_MIN <= datetime.fromisoformat(_TIME_OF(self)) < OCCURRED_AT_MAX:
             raise ValueError("occurred_at out of range")
+        for current, older in SAME_QUANTITY:  # as UsageEventV1._one_quantity_one_value
+            mine, theirs = getattr(self, current), getattr(self, older)
+            if mine is msgspec.UNSET:
+                mine = 0 if theirs is msgspec.UNSET else theirs
+                setattr(self, current, mine)
+            if theirs is msgspec.UNSET:
+                setattr(self, older, mine)
+            elif theirs != mine:
+                raise ValueError("the two names of one quantity disagree")  # the model says why
 
 
 _FIELDS: Final = {
@@ -358,10 +377,16 @@ _TEXT_OF: Final = operator.attrgetter(*_names("text"))
 _TIME_OF: Final = operator.attrgetter(_names("time")[0])
 
 
+_SENT_OR_NOT: Final = frozenset(name for pair in SAME_QUANTITY for name in pair)
+
 FastUsageEvent: Final[type[msgspec.Struct]] = msgspec.defstruct(
     "FastUsageEvent",
     [
-        (name, kind) if field.is_required() else (name, kind, field.default)
+        (name, kind)
+        if field.is_required()
+        else (name, kind | msgspec.UnsetType, msgspec.UNSET)
+        if name in _SENT_OR_NOT
+        else (name, kind, field.default)
         for name, (kind, _check, field) in _FIELDS.items()
     ],
     bases=(_FastEvent,),

@@ -28,15 +28,13 @@ from consumer.usage._otel_fastpath import (
     usable,
 )
 from consumer.usage.options import (
+    LLM_LABELS,
     STATUS_ERROR,
     TOKEN_TYPE_CACHE,
     TOKEN_TYPE_SYSTEM,
     Attributes,
     LabelKey,
     UsageLike,
-    build_attributes,
-    canonical_key,
-    label_key,
     with_token_type,
 )
 
@@ -97,6 +95,7 @@ class BatchRecorder:
         # order record_usage would have made them.
         first_uses: list[tuple[int, _Pending]] = []
         count = 0
+        label_key = LLM_LABELS.key
         for o in opts:
             count += 1
             # Before truncation: cached per set.
@@ -177,7 +176,7 @@ class BatchRecorder:
     def _series_state(self, raw: LabelKey) -> _SeriesState:
         state = self._states.get(raw)
         if state is None:
-            state = _SeriesState(build_attributes(canonical_key(raw)), self._fast)
+            state = _SeriesState(LLM_LABELS.attributes(LLM_LABELS.canonical(raw)), self._fast)
             # Bounded: past the limit, new sets are simply not remembered (and stay public).
             if len(self._states) < self._remembered_sets:
                 self._states[raw] = state

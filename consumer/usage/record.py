@@ -1,13 +1,12 @@
-"""The record stage: valid events into the TokenTracker, one `record_batch` call per batch."""
+"""The record stage: valid events into the profile's trackers, one `record_batch` call each."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from typing import Final
 
 from consumer.usage.options import UsageLike, UsageOptions
-from consumer.usage.tracker import TokenTracker
+from consumer.usage.profiles import ProfileTracker
 
 __all__ = ["OPTION_FIELDS", "Recorder", "to_options"]
 
@@ -22,13 +21,18 @@ def to_options(event: UsageLike) -> UsageOptions:
 
 
 class Recorder:
-    def __init__(self, tracker: TokenTracker) -> None:
-        self._tracker = tracker
+    def __init__(self, *trackers: ProfileTracker) -> None:
+        if not trackers:
+            raise ValueError("a recorder needs at least one tracker")
+        self._trackers = trackers
 
-    def record(self, events: Iterable[UsageLike]) -> int:
-        """One `record_batch` call per batch; returns how many events were recorded.
+    def record(self, events: list[UsageLike]) -> int:
+        """One `record_batch` call per tracker per batch; returns how many events were recorded.
 
         Events go in as decoded: they carry UsageOptions' fields (see UsageLike), and copying
         each into a UsageOptions would cost more than recording it.
         """
-        return self._tracker.record_batch(events)
+        recorded = 0
+        for tracker in self._trackers:
+            recorded = tracker.record_batch(events)
+        return recorded

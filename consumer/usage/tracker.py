@@ -37,6 +37,7 @@ from consumer.usage.options import (
     ATTR_STREAMING,
     ATTR_TOKEN_TYPE,
     ATTR_USER_TIER,
+    LLM_LABELS,
     MAX_ERROR_CODE_BYTES,
     STATUS_CANCELED,
     STATUS_ERROR,
@@ -45,9 +46,6 @@ from consumer.usage.options import (
     TOKEN_TYPE_SYSTEM,
     UsageLike,
     UsageOptions,
-    build_attributes,
-    canonical_key,
-    label_key,
     truncate_utf8,
     with_token_type,
 )
@@ -203,7 +201,7 @@ class TokenTracker:
 
     def record_usage(self, opts: UsageOptions) -> None:
         """Record the token usage of one request (the Go ``RecordUsage``)."""
-        attrs = build_attributes(canonical_key(label_key(opts)))
+        attrs = LLM_LABELS.of(opts)
         total = opts.input_tokens + opts.output_tokens
 
         if opts.input_tokens > 0:

@@ -11,9 +11,9 @@ The JSON shape (`status_version` 1; fields are only ever added under the same ve
     status_version      1
     generated_at        RFC 3339 UTC timestamp
     worker              group_id, member_id ("" before the first assignment), client_id, topic,
-                        dead_letter_topic, commit_mode, group_protocol, started_at,
-                        uptime_seconds, live, ready, readiness (the /readyz text), conditions
-                        ({name: why} of what holds the worker back), scrapes,
+                        dead_letter_topic, commit_mode, group_protocol, metrics_profile,
+                        started_at, uptime_seconds, live, ready, readiness (the /readyz text),
+                        conditions ({name: why} of what holds the worker back), scrapes,
                         messages_consumed, events_recorded, unscraped_events,
                         oldest_unscraped_seconds, web ({tls, basic_auth})
     partitions          one per assigned partition, by topic and partition: topic, partition,
@@ -74,6 +74,7 @@ SHOWN_SETTINGS = (
     "client_id",
     "commit_mode",
     "group_protocol",
+    "metrics_profile",
     "batch_size",
     "batch_wait_ms",
     "max_message_bytes",
@@ -237,6 +238,7 @@ def build_status(
             "dead_letter_topic": settings.dead_letter_topic,
             "commit_mode": settings.commit_mode,
             "group_protocol": settings.group_protocol,
+            "metrics_profile": settings.metrics_profile,
             "started_at": _timestamp(sources.started_at),
             "uptime_seconds": round(max(0.0, monotonic - sources.started_monotonic), 3),
             "live": live,

@@ -80,6 +80,7 @@ def render_html(status: dict[str, Any]) -> str:
                 ("dead-letter topic", worker["dead_letter_topic"]),
                 ("commit mode", worker["commit_mode"]),
                 ("group protocol", worker["group_protocol"]),
+                ("metrics profile", worker["metrics_profile"]),
                 ("live", worker["live"]),
                 ("ready", worker["ready"]),
                 ("scrapes", worker["scrapes"]),

@@ -9,12 +9,15 @@ import (
 
 // UsageEvent is one LLM request, schema version 1 (schemas/usage_event.v1.schema.json).
 //
-// Optional fields carry omitempty: the consumer treats a missing field as its zero value, so
-// leaving them out only saves bytes. Token counts are int64 and marshal as JSON integers.
+// Its fields are the gateway's current UsageOptions (docs/producing.md maps each one). Optional
+// fields carry omitempty: the consumer treats a missing field as its zero value, so leaving
+// them out only saves bytes. Token counts are int64 and marshal as JSON integers. Cache reads
+// go in cache_read_tokens; the seed's cache_input_tokens is still accepted, not needed.
 type UsageEvent struct {
 	SchemaVersion    int       `json:"schema_version"`
 	EventID          string    `json:"event_id"`
 	OccurredAt       time.Time `json:"occurred_at"`
+	Operation        string    `json:"operation,omitempty"`
 	Provider         string    `json:"provider"`
 	ProviderUUID     string    `json:"provider_uuid,omitempty"`
 	Model            string    `json:"model"`
@@ -26,7 +29,8 @@ type UsageEvent struct {
 	UserTier         string    `json:"user_tier,omitempty"`
 	InputTokens      int64     `json:"input_tokens,omitempty"`
 	OutputTokens     int64     `json:"output_tokens,omitempty"`
-	CacheInputTokens int64     `json:"cache_input_tokens,omitempty"`
+	CacheReadTokens  int64     `json:"cache_read_tokens,omitempty"`
+	CacheWriteTokens int64     `json:"cache_write_tokens,omitempty"`
 	SystemTokens     int64     `json:"system_tokens,omitempty"`
 	LatencyMs        int64     `json:"latency_ms,omitempty"`
 	Streamed         bool      `json:"streamed,omitempty"`
@@ -40,6 +44,7 @@ var (
 		"google":    {"gemini-2.5-pro", "gemini-2.5-flash"},
 		"bedrock":   {"anthropic.claude-sonnet-4", "meta.llama3-70b"},
 	}
+	operations = []string{"", "chat", "text_completion", "embeddings"}
 	scenarios  = []string{"", "chat", "summarize", "code"}
 	tiers      = []string{"", "free", "pro", "enterprise"}
 	errorCodes = []string{"rate_limited", "context_length_exceeded", "upstream_timeout"}
@@ -104,7 +109,11 @@ func (g *generator) next(now time.Time) UsageEvent {
 		e.InputTokens = g.lognormal(6.5, 1.2, 2_000_000)
 	}
 	if g.rng.Float64() < 0.3 {
-		e.CacheInputTokens = g.lognormal(7, 1, 1_000_000)
+		e.CacheReadTokens = g.lognormal(7, 1, 1_000_000)
 	}
+	if g.rng.Float64() < 0.1 {
+		e.CacheWriteTokens = min(g.lognormal(6, 1, 1_000_000), e.InputTokens) // part of input
+	}
+	e.Operation = g.pick(operations)
 	return e
 }

@@ -454,6 +454,31 @@ case(
 )
 
 # --- schema_version ------------------------------------------------------------------------
+# --- cache_read_tokens and the seed's cache_input_tokens: one quantity, two names ---------------
+case(
+    "cache-names-disagree",
+    "cache_tokens_conflict",
+    "both names of the cache reads, different values",
+    event(cache_read_tokens=800, cache_input_tokens=700),
+)
+case(
+    "cache-names-zero-and-not",
+    "cache_tokens_conflict",
+    "both sent: an explicit 0 under one name disagrees with 800 under the other",
+    event(cache_read_tokens=0, cache_input_tokens=800),
+)
+case(
+    "cache-names-agree",
+    "accepted",
+    "both names of the cache reads with the same value",
+    event(cache_read_tokens=800, cache_input_tokens=800),
+)
+case(
+    "cache-conflict-and-bad-field",
+    "schema_violation",
+    "a field error is reported before the cache conflict",
+    event(cache_read_tokens=1, cache_input_tokens=2, output_tokens=-1),
+)
 case("schema-version-2", "unsupported_schema_version", "a future version", event(schema_version=2))
 case("schema-version-0", "unsupported_schema_version", "version 0", event(schema_version=0))
 case("schema-version-minus-1", "unsupported_schema_version", "version -1", event(schema_version=-1))

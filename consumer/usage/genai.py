@@ -1,0 +1,311 @@
+"""The `genai` metrics profile: what the gateway's tracker records today.
+
+From tag v0.260716.1 on, the gateway's tracker records the OpenTelemetry GenAI semantic
+conventions' client metrics instead of the seed's `llm.*` instruments:
+
+* ``gen_ai.client.token.usage``: an int histogram, one value per token type (input, output,
+  cache_read, cache_write, system) whose count is > 0, with ``gen_ai.token.type``; never with
+  the status or an error type.
+* ``gen_ai.client.operation.duration``: seconds, one value per request, always (0 included;
+  a negative latency, which only a hand-built UsageOptions can carry, is no measurement); a
+  request whose status is ``error`` adds ``error.type`` (its error code cut to 64 bytes, or
+  ``_OTHER``). Canceled requests carry none: client disconnects must not trip error alerts.
+
+Names, units and descriptions come from `opentelemetry-semantic-conventions`; the bucket
+boundaries are the conventions' advice, which the tracker passes. The attributes are
+`GENAI_LABELS` (consumer.usage.options).
+
+`record_batch` is exact, as the llm profile's is (tests/test_profiles.py): token values are
+grouped per series (integer sums do not depend on the order of addition), durations are applied
+in event order per aggregation (float sums do), and every series is created by a public
+measurement in the order per-event recording would create it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+from opentelemetry.metrics import Histogram, Meter
+from opentelemetry.semconv._incubating.attributes.gen_ai_attributes import GEN_AI_TOKEN_TYPE
+from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
+    create_gen_ai_client_operation_duration,
+    create_gen_ai_client_token_usage,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE, ErrorTypeValues
+
+from consumer.usage._otel_fastpath import Aggregations, merge_into_histograms, resolve, usable
+from consumer.usage.batching import DEFAULT_REMEMBERED_SETS
+from consumer.usage.options import (
+    GENAI_LABELS,
+    MAX_ERROR_CODE_BYTES,
+    STATUS_ERROR,
+    Attributes,
+    LabelKey,
+    UsageLike,
+    UsageOptions,
+    truncate_utf8,
+    with_token_type,
+)
+
+__all__ = [
+    "DURATION_BUCKETS_S",
+    "TOKEN_TYPES",
+    "TOKEN_USAGE_BUCKETS",
+    "GenAiTracker",
+]
+
+#: Bucket boundaries of ``gen_ai.client.token.usage`` (the semantic conventions' advice).
+TOKEN_USAGE_BUCKETS: Final[tuple[int, ...]] = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+)
+#: Bucket boundaries of ``gen_ai.client.operation.duration``, seconds (the conventions' advice).
+DURATION_BUCKETS_S: Final[tuple[float, ...]] = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+
+#: ``gen_ai.token.type`` values, in the order the tracker records them, with the field of each.
+TOKEN_TYPES: Final = (
+    ("input", "input_tokens"),
+    ("output", "output_tokens"),
+    ("cache_read", "cache_read_tokens"),
+    ("cache_write", "cache_write_tokens"),
+    ("system", "system_tokens"),
+)
+_TOKENS: Final = operator.attrgetter(*(field for _, field in TOKEN_TYPES))
+_SLOTS: Final = len(TOKEN_TYPES)
+# A batch's series key: the label values, then what decides error.type.
+_BATCH_KEY: Final = operator.attrgetter(*GENAI_LABELS.fields, "status", "error_code")
+_LABELS: Final = len(GENAI_LABELS.labels)
+
+
+class _Bucketed:
+    """A Meter whose histograms get explicit bucket advice: the semantic conventions' factories
+    give names, units and descriptions but no buckets."""
+
+    def __init__(self, meter: Meter, boundaries: Sequence[float]) -> None:
+        self._meter = meter
+        self._boundaries = [float(b) for b in boundaries]
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "") -> Histogram:
+        return self._meter.create_histogram(
+            name,
+            unit=unit,
+            description=description,
+            explicit_bucket_boundaries_advisory=self._boundaries,
+        )
+
+
+def _error_type(status: Any, error_code: Any) -> str | None:
+    if status != STATUS_ERROR:
+        return None
+    return (
+        truncate_utf8(error_code, MAX_ERROR_CODE_BYTES)
+        if error_code
+        else ErrorTypeValues.OTHER.value
+    )
+
+
+def _duration_attributes(attrs: Attributes, error_type: str | None) -> Attributes:
+    return attrs if error_type is None else with_token_type(attrs, error_type, ERROR_TYPE)
+
+
+class GenAiTracker:
+    """Records requests as the GenAI semantic conventions' client metrics.
+
+    ``record_usage`` may be called from any thread; ``record_batch`` keeps a cache of resolved
+    series and belongs to one thread.
+    """
+
+    __slots__ = (
+        "_by_attributes",
+        "_duration",
+        "_fast",
+        "_remembered_sets",
+        "_started",
+        "_states",
+        "_tokens",
+    )
+
+    def __init__(self, meter: Meter, *, remembered_sets: int = DEFAULT_REMEMBERED_SETS) -> None:
+        self._tokens: Histogram = create_gen_ai_client_token_usage(
+            _Bucketed(meter, TOKEN_USAGE_BUCKETS)  # type: ignore[arg-type]
+        )
+        self._duration: Histogram = create_gen_ai_client_operation_duration(
+            _Bucketed(meter, DURATION_BUCKETS_S)  # type: ignore[arg-type]
+        )
+        self._fast = usable(self._tokens) and usable(self._duration)
+        # Until both instruments have a measurement, the first of them to get one comes first
+        # in an export: record_batch keeps that order too.
+        self._started = False
+        self._states: dict[LabelKey, _SeriesState] = {}  # by batch key, as sent
+        self._by_attributes: dict[LabelKey, _SeriesState] = {}  # by canonical key
+        self._remembered_sets = remembered_sets
+
+    def record_usage(self, opts: UsageOptions | UsageLike) -> None:
+        """Record one request, as the gateway's ``RecordUsage`` does."""
+        attrs = GENAI_LABELS.of(opts)
+        for (token_type, _field), count in zip(TOKEN_TYPES, _TOKENS(opts), strict=True):
+            if count > 0:
+                self._tokens.record(count, with_token_type(attrs, token_type, GEN_AI_TOKEN_TYPE))
+        if opts.latency_ms >= 0:  # the SDK would drop a negative value, with a warning each time
+            error_type = _error_type(opts.status, opts.error_code)
+            self._duration.record(opts.latency_ms / 1000, _duration_attributes(attrs, error_type))
+
+    def record_batch(self, opts: Iterable[UsageLike]) -> int:
+        """Record many requests; exactly what `record_usage` on each, in order, would record.
+
+        ``opts`` is consumed completely before anything is recorded, so if iterating it raises,
+        nothing of that batch reaches the instruments.
+        """
+        pending: dict[LabelKey, _Pending] = {}
+        first_uses: list[tuple[int, _Pending]] = []  # (token slot, set), in per-event order
+        durations: list[tuple[_SeriesState, float]] = []  # in event order
+        first_tokens_at = first_duration_at = -1  # which instrument per-event recording starts
+        count = 0
+        for o in opts:
+            count += 1
+            key = _BATCH_KEY(o)
+            batch = pending.get(key)
+            if batch is None:
+                batch = pending[key] = _Pending(self._states.get(key) or self._state(key))
+            state = batch.state
+            per_slot = batch.values
+            unresolved = state.unresolved
+            for slot, amount in enumerate(_TOKENS(o)):
+                if amount > 0:
+                    if not per_slot[slot] and unresolved[slot]:
+                        first_uses.append((slot, batch))
+                        if first_tokens_at < 0:
+                            first_tokens_at = count
+                    per_slot[slot].append(amount)
+            if o.latency_ms >= 0:
+                if not durations:
+                    first_duration_at = count
+                durations.append((state, o.latency_ms / 1000))
+
+        if not self._started and 0 < first_duration_at < first_tokens_at:
+            # The first event measured a duration and no token: so does this batch, first.
+            self._record_durations(durations[:1])
+            durations = durations[1:]
+        if first_tokens_at > 0 and first_duration_at > 0:
+            self._started = True
+
+        for slot, batch in first_uses:
+            values = batch.values[slot]
+            state = batch.state
+            self._tokens.record(values[0], state.token_attributes[slot])
+            found = state.resolve(slot, self._tokens)
+            if found is not None and len(values) > 1:
+                merge_into_histograms(found, values[1:])
+            else:
+                for value in values[1:]:
+                    self._tokens.record(value, state.token_attributes[slot])
+            batch.values[slot] = []
+        for batch in pending.values():
+            for slot, rest in enumerate(batch.values):
+                if rest:
+                    merge_into_histograms(batch.state.aggregations[slot], rest)  # type: ignore[arg-type]
+        self._record_durations(durations)
+        return count
+
+    def _record_durations(self, durations: list[tuple[_SeriesState, float]]) -> None:
+        """Each aggregation gets its values in event order (float sums depend on it), and every
+        series is created by a public measurement at its event's place."""
+        buffered: dict[int, tuple[Aggregations, list[float]]] = {}
+        duration_slot = _SLOTS
+        for state, seconds in durations:
+            aggregations = state.aggregations[duration_slot]
+            if aggregations is None:
+                # A new series (or a set beyond the fast path): whatever it lands in must have
+                # received every earlier value first.
+                for found, values in buffered.values():
+                    merge_into_histograms(found, values)
+                buffered.clear()
+                self._duration.record(seconds, state.duration_attributes)
+                state.resolve(duration_slot, self._duration)
+                continue
+            entry = buffered.get(id(aggregations))
+            if entry is None:
+                buffered[id(aggregations)] = (aggregations, [seconds])
+            else:
+                entry[1].append(seconds)
+        for found, values in buffered.values():
+            merge_into_histograms(found, values)
+
+    def _state(self, key: LabelKey) -> _SeriesState:
+        canonical = (
+            *GENAI_LABELS.canonical(key[:_LABELS]),
+            _error_type(key[_LABELS], key[_LABELS + 1]),
+        )
+        state = self._by_attributes.get(canonical)
+        if state is None:
+            attrs = GENAI_LABELS.attributes(canonical[:_LABELS])
+            state = _SeriesState(attrs, canonical[_LABELS], self._fast)  # type: ignore[arg-type]
+        # Bounded: past the limit, new sets are simply not remembered (and stay public).
+        if len(self._states) < self._remembered_sets:
+            self._states[key] = state
+            self._by_attributes[canonical] = state
+        return state
+
+
+class _SeriesState:
+    """What the tracker remembers of one attribute set across batches: its five token series
+    and its duration series, and the aggregations each resolved to."""
+
+    __slots__ = ("aggregations", "duration_attributes", "fast", "token_attributes", "unresolved")
+
+    def __init__(self, attrs: Attributes, error_type: str | None, fast: bool) -> None:
+        self.token_attributes = tuple(
+            with_token_type(attrs, token_type, GEN_AI_TOKEN_TYPE) for token_type, _ in TOKEN_TYPES
+        )
+        self.duration_attributes = _duration_attributes(attrs, error_type)
+        self.aggregations: list[Aggregations | None] = [None] * (_SLOTS + 1)
+        self.unresolved = [True] * _SLOTS
+        self.fast = fast
+
+    def resolve(self, slot: int, instrument: Histogram) -> Aggregations | None:
+        if not self.fast:
+            return None
+        attributes = self.duration_attributes if slot == _SLOTS else self.token_attributes[slot]
+        found = resolve(instrument, attributes)
+        if found is not None:
+            self.aggregations[slot] = found
+            if slot < _SLOTS:
+                self.unresolved[slot] = False
+        return found
+
+
+class _Pending:
+    """One attribute set's token values in one batch, per token type."""
+
+    __slots__ = ("state", "values")
+
+    def __init__(self, state: _SeriesState) -> None:
+        self.state = state
+        self.values: list[list[int]] = [[] for _ in range(_SLOTS)]
