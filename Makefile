@@ -85,7 +85,7 @@ format: venv ## apply ruff's fixes and formatting
 schema: venv ## regenerate schemas/usage_event.v1.schema.json from the model
 	$(BIN)/python -m schemas > schemas/usage_event.v1.schema.json
 
-dashboard: venv ## regenerate deploy/grafana/dashboards/llm-usage.json from deploy/grafana/dashboard.py
+dashboard: venv ## regenerate the Grafana dashboards (llm-usage.json, llm-usage-genai.json) from deploy/grafana/dashboard.py
 	$(BIN)/python deploy/grafana/dashboard.py
 
 broker-start: venv jars ## start the local broker in .local/kafka and print its address

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ROWS = ("raw", "worker", "naive", "quix")
+ROWS = ("raw", "worker", "worker_genai", "worker_both", "naive", "quix")
 SLOW_ROWS = ("naive", "quix")
+#: The worker rows and the metrics profile each runs with (`--metrics-profile`). `worker` runs as
+#: shipped, without the flag: the default profile, llm. `worker_x2` is two `worker`s.
+WORKER_PROFILES = {"worker": "llm", "worker_genai": "genai", "worker_both": "both"}
+#: The profiles the scrape benchmark is run for (bench/scrape.py --metrics-profile).
+SCRAPE_PROFILES = ("llm", "genai", "both")
+#: The targets for CPU per event of a profile's worker row over the llm one's (`worker`), per
+#: repetition: met when the median ratio is at most this.
+CPU_TARGETS = {"genai": 1.3, "both": 2.0}
 
 
 @dataclass
@@ -24,7 +32,9 @@ class Config:
     latency_warmup: float = 5.0
     latency_rate: float = 5000.0
     # 417 attribute sets x 24 lines (7 counters, the histogram's 15 buckets + sum + count) is
-    # 10,008 series in Prometheus' sense: one exposition line each.
+    # 10,008 series in Prometheus' sense: one exposition line each. The same sets in the genai
+    # profile are 92 lines each (5 token types x 15 of the token histogram, 17 of the duration
+    # one): 38,364; in both, 116 each: 48,372.
     scrape_sets: int = 417
     scrape_reps: int = 5
     docs: bool = True

@@ -1,20 +1,24 @@
 """Tables and a chart from a bench result: docs/benchmarks.md and docs/benchmarks.png.
 
-    .venv/bin/python -m bench.report [bench/results/<file>.json]    (default: latest.json)
+    .venv/bin/python -m bench.report [bench/results/<file>.json] [--doc PATH] [--chart PATH]
 
-`bench.run` calls this at the end of every run. The "Where the time goes" section of an existing
-docs/benchmarks.md is carried over unchanged (it is written by hand from profiles), so
-regenerating the numbers never loses it.
+(default: latest.json, into docs/benchmarks.md and docs/benchmarks.png). `bench.run` calls this
+at the end of every run. The "Where the time goes" section of an existing document (of
+docs/benchmarks.md when `--doc` names a new file) is carried over unchanged (it is written by
+hand from profiles), so regenerating the numbers never loses it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from bench.config import CPU_TARGETS, SCRAPE_PROFILES, WORKER_PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -24,6 +28,8 @@ LATEST = REPO / "bench" / "results" / "latest.json"
 LABELS = {
     "raw": "1. raw consume (floor)",
     "worker": "2. worker as shipped",
+    "worker_genai": "worker, metrics profile genai",
+    "worker_both": "worker, metrics profile both",
     "naive": "3. naive path",
     "quix": "4. Quix Streams peer",
     "worker_x2": "worker x2 (one group)",
@@ -35,7 +41,15 @@ SHORT = {
     "quix": "Quix Streams\npeer",
 }
 METRICS = ("events_per_s", "cpu_s_per_million", "peak_rss_mib", "startup_s", "machine_busy")
-RATIOS = (("worker", "raw"), ("worker", "naive"), ("worker", "quix"), ("worker_x2", "worker"))
+RATIOS = (
+    ("worker", "raw"),
+    ("worker", "naive"),
+    ("worker", "quix"),
+    ("worker_x2", "worker"),
+    ("worker_genai", "worker"),
+    ("worker_both", "worker"),
+)
+PROFILE_ROWS = {profile: row for row, profile in WORKER_PROFILES.items()}
 DASH = "\u2013"  # an en dash, for ranges in the tables
 WHERE_START = "<!-- where-the-time-goes: kept by bench/report.py, edit freely -->"
 WHERE_END = "<!-- /where-the-time-goes -->"
@@ -73,7 +87,91 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 cpu.append(ra[0]["cpu_s_per_million"] / rb[0]["cpu_s_per_million"])
         if speed:
             ratios[f"{a}/{b}"] = {"events_per_s": spread(speed), "cpu_s_per_million": spread(cpu)}
-    return {"rows": rows, "ratios": ratios}
+    summary = {"rows": rows, "ratios": ratios}
+    profiles = summarize_profiles(results, summary)
+    if profiles:
+        summary["profiles"] = profiles
+    return summary
+
+
+def summarize_profiles(results: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """Per metrics profile: its worker row, CPU per event over the llm row's (per repetition)
+    against its target, the scrapes during its drain, and its scrape benchmark."""
+    runs = results["runs"]
+    scrapes = results.get("scrape_profiles") or {}
+    out: dict[str, Any] = {}
+    for profile in SCRAPE_PROFILES:
+        row = PROFILE_ROWS[profile]
+        stats = summary["rows"].get(row)
+        scrape = scrapes.get(profile)
+        if stats is None and scrape is None:
+            continue
+        entry: dict[str, Any] = {"row": row}
+        if stats is not None:
+            entry.update(
+                {m: stats[m] for m in ("events_per_s", "cpu_s_per_million", "peak_rss_mib")}
+            )
+            drained = [r["scrapes"] for r in runs if r["row"] == row and "scrapes" in r]
+            entry["drain_scrape_median_s"] = spread(d["median_s"] for d in drained)
+            entry["drain_scrape_bytes"] = spread(d["median_bytes"] for d in drained)
+        ratio = summary["ratios"].get(f"{row}/worker")
+        if ratio is not None:
+            cpu = ratio["cpu_s_per_million"]
+            target = CPU_TARGETS.get(profile)
+            entry["cpu_ratio_to_llm"] = cpu
+            entry["events_per_s_ratio_to_llm"] = ratio["events_per_s"]
+            if target is not None:
+                entry["cpu_target"] = target
+                entry["target_met"] = cpu["median"] <= target  # the median repetition
+                entry["target_met_every_rep"] = cpu["max"] <= target
+        if scrape is not None:
+            durations = scrape["durations_s"]
+            entry["scrape"] = {
+                "sets": scrape["sets"],
+                "median_s": scrape["median_s"],
+                "min_s": min(durations),
+                "max_s": max(durations),
+                "reps": len(durations),
+                "body_bytes": scrape["body_bytes"],
+                "lines": scrape["lines"],
+                "usage_series": scrape["usage_series"],
+                "peak_rss_mib": scrape["peak_rss_mib"],
+            }
+        out[profile] = entry
+    return out
+
+
+def target_verdict(entry: dict[str, Any], markdown: bool = True) -> str:
+    target = entry.get("cpu_target")
+    if target is None or "target_met" not in entry:
+        return "-"
+    le = "≤" if markdown else "<="
+    if not entry["target_met"]:
+        verdict = "**not met**" if markdown else "NOT met"
+    elif entry["target_met_every_rep"]:
+        verdict = "met"
+    else:
+        verdict = "met by the median, not in every repetition"
+    return f"{le} {target:g}: {verdict}"
+
+
+def profile_lines(summary: dict[str, Any]) -> list[str]:
+    """One log line per metrics profile with a worker row (bench.run prints them)."""
+    lines = []
+    for profile, e in summary.get("profiles", {}).items():
+        if "events_per_s" not in e:
+            continue
+        line = (
+            f"profile {profile} ({e['row']}): {fmt(e['events_per_s'])} events/s, "
+            f"{fmt(e['cpu_s_per_million'], '{:,.1f}')} CPU s/M"
+        )
+        if "cpu_ratio_to_llm" in e:
+            line += (
+                f"; CPU per event / llm {fmt(e['cpu_ratio_to_llm'], '{:.2f}')}, "
+                f"target {target_verdict(e, markdown=False)}"
+            )
+        lines.append(line.replace(DASH, "-"))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +264,9 @@ def scrape_note(results: dict[str, Any]) -> str:
     return text
 
 
-def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
+def render(
+    results: dict[str, Any], where: str, has_chart: bool, chart_link: str = CHART.name
+) -> str:
     summary = results.get("summary") or summarize(results)
     m = results["machine"]
     cfg = results["config"]
@@ -281,7 +381,7 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
         add("Ratios, computed per repetition (rows of one repetition ran back to back):\n")
         add(table(["ratio", "events/s", "CPU s per 1M events"], ratio_rows) + "\n")
     if has_chart:
-        add("![throughput and peak RSS of the four rows](benchmarks.png)\n")
+        add(f"![throughput and peak RSS of the four rows]({chart_link})\n")
 
     add("How to read it:\n")
     add(
@@ -313,6 +413,10 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
         "during the windows (the broker and the scraper included, other people's work "
         "too). Each run's figure is in the JSON (`machine_busy`).\n"
     )
+
+    profiles = summary.get("profiles")
+    if profiles and set(profiles) - {"llm"}:  # something to compare the llm profile with
+        render_profiles(results, profiles, add)
 
     add("## Machine\n")
     mrows = [
@@ -358,10 +462,15 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
         add(f"## One /metrics scrape with {scrape['usage_series']:,} series\n")
         add(
             f"A registry built as the worker builds it, holding **{scrape['sets']:,} attribute "
-            "sets on each of the 8 instruments** (every set has all token kinds, a latency and "
-            "status `error`: the worst case for that many sets), served by "
+            "sets on each of the 8 instruments** of the llm profile (every set has all token "
+            "kinds, a latency and status `error`: the worst case for that many sets), served by "
             "`consumer.web.server.MetricsServer`; time of a real HTTP GET of /metrics, request to "
-            f"last byte, median of {scrape['reps']}.\n"
+            f"last byte, median of {scrape['reps']}"
+            + (
+                "; the same for the other metrics profiles is under Metrics profiles.\n"
+                if results.get("scrape_profiles")
+                else ".\n"
+            )
         )
         add(
             table(
@@ -464,21 +573,103 @@ def render(results: dict[str, Any], where: str, has_chart: bool) -> str:
     return "\n".join(out)
 
 
+def render_profiles(results: dict[str, Any], profiles: dict[str, Any], add: Any) -> None:
+    """The "Metrics profiles" section: each profile's worker row and scrape benchmark."""
+    add("## Metrics profiles\n")
+    body = []
+    for profile, e in profiles.items():
+        sc = e.get("scrape")
+        ratio = e.get("cpu_ratio_to_llm")
+        body.append(
+            [
+                f"`{profile}`",
+                f"`{e['row']}`" if "events_per_s" in e else "-",
+                fmt(e.get("events_per_s")),
+                fmt(e.get("cpu_s_per_million"), "{:,.1f}"),
+                "1 (reference)"
+                if profile == "llm" and "events_per_s" in e
+                else fmt(ratio, "{:.2f}"),
+                target_verdict(e),
+                (
+                    f"{sc['median_s']:.2f} s ({sc['min_s']:.2f}{DASH}{sc['max_s']:.2f})"
+                    if sc
+                    else "-"
+                ),
+                f"{sc['body_bytes']:,} bytes, {sc['usage_series']:,} series" if sc else "-",
+            ]
+        )
+    sets = next((e["scrape"]["sets"] for e in profiles.values() if "scrape" in e), None)
+    add(
+        table(
+            [
+                "profile",
+                "row",
+                "events/s",
+                "CPU s per 1M events",
+                "CPU per event ÷ llm",
+                "target",
+                f"scrape, {sets:,} sets: median (min{DASH}max)" if sets else "scrape",
+                "scrape size",
+            ],
+            body,
+        )
+        + "\n"
+    )
+    add(
+        "The worker's `metrics_profile` setting decides which instruments the events become: "
+        "`llm` (the seed's eight `llm.*` instruments, the default), `genai` (the OpenTelemetry "
+        "GenAI client histograms `gen_ai.client.token.usage`, one value per token type per "
+        "event, and `gen_ai.client.operation.duration`) or `both`.\n"
+    )
+    drained = [
+        f"`{p}` {fmt(e['drain_scrape_median_s'], '{:.2f}')} s for "
+        f"{fmt(e['drain_scrape_bytes'], '{:,.1f}', 1e-6)} MB"
+        for p, e in profiles.items()
+        if e.get("drain_scrape_median_s")
+    ]
+    add(
+        "- **events/s** and **CPU s per 1M events**: the worker rows drain the same backlog the "
+        "same way (`python -m consumer run`, scraped every "
+        f"{scrape_interval(results):g} s); `worker` runs as shipped (llm), `worker_genai` and "
+        "`worker_both` add `--metrics-profile genai` or `--metrics-profile both`. They are in "
+        "each repetition's rotation with the other rows.\n"
+        "- **CPU per event ÷ llm** is the row's CPU s per 1M events over the `worker` row's "
+        "of the same repetition (median, with min"
+        f"{DASH}max over the repetitions); the **target** is met when the median is at most "
+        "it. It includes serving the scrapes, whose size grows with the profile"
+        + (f": during the drains one scrape took a median {'; '.join(drained)}" if drained else "")
+        + ".\n"
+        "- **scrape**: `bench/scrape.py --metrics-profile <profile>`, the registry of the "
+        "section below with the same attribute sets (all token kinds, cache writes included, a "
+        "latency and status `error`), for each profile: a real HTTP GET of /metrics, request to "
+        "last byte. **scrape size** is the body and its usage series (exposition lines of the "
+        "profile's instruments): per attribute set 24 for llm, 92 for genai (5 token types "
+        "times the token histogram's 15 lines, and the duration histogram's 17) and 116 for "
+        "both.\n"
+    )
+
+
 def write_docs(results: dict[str, Any], doc: Path = DOC, chart_path: Path = CHART) -> None:
+    """Write the document and its chart; the hand-written section comes from `doc` if it has
+    one, else from docs/benchmarks.md (so a copy elsewhere keeps it too)."""
     summary = results.get("summary") or summarize(results)
     has_chart = chart(summary, chart_path)
-    where = kept_where_section(doc)
+    where = kept_where_section(doc if doc.exists() else DOC)
+    link = Path(os.path.relpath(chart_path.resolve(), doc.resolve().parent)).as_posix()
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render(results, where, has_chart))
+    doc.write_text(render(results, where, has_chart, link))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    source = Path(args[0]) if args else LATEST
-    results = json.loads(source.read_text())
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="?", type=Path, default=LATEST, help="a bench result JSON")
+    p.add_argument("--doc", type=Path, default=DOC, help="the Markdown to write")
+    p.add_argument("--chart", type=Path, default=CHART, help="the PNG chart to write")
+    a = p.parse_args(argv)
+    results = json.loads(a.results.read_text())
     results["summary"] = summarize(results)
-    write_docs(results)
-    print(f"wrote {DOC.relative_to(REPO)} and {CHART.relative_to(REPO)} from {source}")
+    write_docs(results, a.doc, a.chart)
+    print(f"wrote {a.doc} and {a.chart} from {a.results}")
     return 0
 
 

@@ -8,13 +8,25 @@ then for every repetition consume that same backlog once per row, each from a fr
 in an order rotated per repetition:
 
   raw     bench/raw_consume.py: read the messages and nothing else (the floor)
-  worker  `python -m consumer run`, as shipped (scrape mode), with a scraper GETting /metrics
-          every second so that its commits advance
+  worker  `python -m consumer run`, as shipped (scrape mode, metrics profile llm), with a
+          scraper GETting /metrics every 5 s so that its commits advance
+  worker_genai, worker_both
+          the same worker with `--metrics-profile genai` or `--metrics-profile both`: the
+          profiles' CPU per event over the worker row's, per repetition, is checked against
+          bench.config.CPU_TARGETS (genai <= 1.3, both <= 2.0)
   naive   bench/naive.py: decode, record_usage per event, commit per batch
   quix    bench/quix_peer.py: the same job in Quix Streams (its own venv, bench/.venv-quix)
   worker_x2  two workers in one group (the scale-out comparison; see --scale-reps)
 
-Then the scrape benchmark (bench/scrape.py) and the end-to-end latency test (bench/latency.py).
+Then the scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both) and the
+end-to-end latency test (bench/latency.py, the llm profile).
+
+Flags and their variables (`--help` for all): --events BENCH_EVENTS, --slow-events
+BENCH_SLOW_EVENTS, --reps BENCH_REPS, --partitions BENCH_PARTITIONS, --rows BENCH_ROWS (a
+comma-separated subset of raw,worker,worker_genai,worker_both,naive,quix, or none), --scale-reps
+BENCH_SCALE_REPS, --latency-seconds BENCH_LATENCY_SECONDS, --latency-rate BENCH_LATENCY_RATE,
+--scrape-sets BENCH_SCRAPE_SETS, --scrape-reps BENCH_SCRAPE_REPS, --docs BENCH_DOCS.
+
 Results: bench/results/<UTC time>.json and bench/results/latest.json; docs/benchmarks.md and
 docs/benchmarks.png are regenerated from them (bench/report.py).
 """
@@ -43,7 +55,7 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import report
-from bench.config import ROWS, SLOW_ROWS, Config
+from bench.config import ROWS, SCRAPE_PROFILES, SLOW_ROWS, WORKER_PROFILES, Config
 from bench.latency import run_latency
 from bench.procs import (
     REPO,
@@ -99,7 +111,7 @@ def parse_config(argv: list[str] | None) -> Config:
     p.add_argument(
         "--rows",
         default=env.get("BENCH_ROWS", ",".join(d.rows)),
-        help="comma-separated subset of raw,worker,naive,quix, or none",
+        help=f"comma-separated subset of {','.join(ROWS)}, or none (env BENCH_ROWS)",
     )
     p.add_argument(
         "--scale-reps",
@@ -120,7 +132,8 @@ def parse_config(argv: list[str] | None) -> Config:
         "--scrape-sets",
         type=int,
         default=int(env.get("BENCH_SCRAPE_SETS", d.scrape_sets)),
-        help="0 skips the scrape benchmark",
+        help="attribute sets of the scrape benchmark, run per metrics profile "
+        "(env BENCH_SCRAPE_SETS; 0 skips it)",
     )
     p.add_argument(
         "--scrape-reps", type=int, default=int(env.get("BENCH_SCRAPE_REPS", d.scrape_reps))
@@ -321,7 +334,11 @@ class Bench:
         share = self.cfg.slow_events / self.backlog
         return {p: min(end, math.ceil(end * share)) for p, end in self.ends.items()}
 
-    def worker(self, group: str, name: str, topic: str | None = None) -> tuple[Measured, str]:
+    def worker(
+        self, group: str, name: str, topic: str | None = None, profile: str | None = None
+    ) -> tuple[Measured, str]:
+        """`python -m consumer run`; with `profile`, `--metrics-profile profile` (None: as
+        shipped, the default profile)."""
         port = free_port()
         argv = [
             sys.executable,
@@ -339,6 +356,8 @@ class Bench:
             "--metrics-port",
             str(port),
         ]
+        if profile is not None:
+            argv += ["--metrics-profile", profile]
         log_path = self.workdir / "logs" / f"{name}.log"
         return Measured(name, argv, log_path, cwd=self.workdir), f"http://127.0.0.1:{port}"
 
@@ -369,8 +388,12 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
     timeout = 120 + events / 500  # no row is expected below 500 events/s
     scraper: Scraper | None = None
     urls: list[str] = []
-    if row in ("worker", "worker_x2"):
-        pairs = [b.worker(group, f"{name}-{i}") for i in range(2 if row == "worker_x2" else 1)]
+    # The worker row runs as shipped (no flag); the other profiles' rows name theirs.
+    profile = WORKER_PROFILES.get(row, "llm")
+    flag = None if row in ("worker", "worker_x2") else profile
+    if row in WORKER_PROFILES or row == "worker_x2":
+        count = 2 if row == "worker_x2" else 1
+        pairs = [b.worker(group, f"{name}-{i}", profile=flag) for i in range(count)]
         procs = [p for p, _ in pairs]
         urls = [u for _, u in pairs]
     else:
@@ -463,6 +486,8 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
         "machine_busy": busy_fraction(busy_before, busy_after),
         "exit_codes": codes,
     }
+    if urls:
+        result["metrics_profile"] = profile
     if scraper is not None:
         durations = sorted(scraper.durations)
         result["scrapes"] = {
@@ -531,7 +556,7 @@ def produce_backlog(bootstrap: str, topic: str, count: int, workdir: Path) -> fl
     return time.monotonic() - began
 
 
-def run_scrape_benchmark(cfg: Config, workdir: Path) -> dict[str, Any]:
+def run_scrape_benchmark(cfg: Config, workdir: Path, profile: str = "llm") -> dict[str, Any]:
     done = subprocess.run(
         [
             sys.executable,
@@ -543,6 +568,8 @@ def run_scrape_benchmark(cfg: Config, workdir: Path) -> dict[str, Any]:
             str(cfg.scrape_reps),
             "--profile",
             "full",
+            "--metrics-profile",
+            profile,
         ],
         capture_output=True,
         text=True,
@@ -551,7 +578,7 @@ def run_scrape_benchmark(cfg: Config, workdir: Path) -> dict[str, Any]:
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     if done.returncode != 0:
-        raise RuntimeError(f"scrape benchmark failed:\n{done.stderr}")
+        raise RuntimeError(f"scrape benchmark ({profile}) failed:\n{done.stderr}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -597,13 +624,24 @@ def main(argv: list[str] | None = None) -> int:
             for position, row in enumerate(rows[shift:] + rows[:shift]):
                 runs.append(run_row(b, row, rep, position))
         phases["rows_s"] = time.monotonic() - t
+        for line in report.profile_lines(report.summarize({"runs": runs})):
+            log(line)
 
         if cfg.scrape_sets > 0:
             t = time.monotonic()
-            log(f"scrape benchmark: {cfg.scrape_sets:,} attribute sets")
-            extras["scrape"] = run_scrape_benchmark(cfg, workdir)
+            log(f"scrape benchmark: {cfg.scrape_sets:,} attribute sets, profiles llm, genai, both")
+            by_profile: dict[str, Any] = {}
+            for profile in SCRAPE_PROFILES:
+                got = by_profile[profile] = run_scrape_benchmark(cfg, workdir, profile)
+                log(
+                    f"scrape {profile}: median {got['median_s']:.2f} s "
+                    f"({min(got['durations_s']):.2f}-{max(got['durations_s']):.2f}), "
+                    f"{got['body_bytes']:,} bytes, {got['usage_series']:,} series"
+                )
+            # "scrape" keeps its meaning (the llm profile) for the report and older readers.
+            extras["scrape"] = by_profile["llm"]
+            extras["scrape_profiles"] = by_profile
             phases["scrape_s"] = time.monotonic() - t
-            log(f"scrape: median {extras['scrape']['median_s']:.2f} s")
 
         if cfg.latency_seconds > 0:
             t = time.monotonic()

@@ -1,17 +1,23 @@
 """How long one /metrics scrape takes with many series: a subprocess, so its memory is its own.
 
-Builds the worker's registry in-process the way `consumer.cli.run_worker` does (the worker's own
-metrics, `build_meter_provider`, `TokenTracker`), records events that give `--sets` distinct
-attribute sets, serves it with `consumer.web.server.MetricsServer` on a free loopback port, and
-times real HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
+Builds the worker's registry in-process the way `consumer.app.run_worker` does (the worker's own
+metrics, `build_meter_provider`, the trackers of `--metrics-profile` from
+`consumer.usage.profiles.build_trackers`), records events that give `--sets` distinct attribute
+sets, serves it with `consumer.web.server.MetricsServer` on a free loopback port, and times real
+HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
 
-Two profiles of `--sets` events, each its own attribute set (a unique `user_tier`):
-  full       every event has all token kinds, a latency and status "error", so each of the
-             8 instruments holds `--sets` attribute sets: the worst case for that many sets;
+`--metrics-profile` is the worker's setting: llm (the seed's eight llm.* instruments, the
+default), genai (the two gen_ai.client.* histograms) or both.
+
+Two event mixes (`--profile`) of `--sets` events, each its own attribute set (a unique
+`user_tier`):
+  full       every event has all token kinds (cache writes included), a latency and status
+             "error", so every instrument holds `--sets` attribute sets (the genai token
+             histogram: `--sets` per token type): the worst case for that many sets;
   realistic  the synthetic mix (some token kinds and errors are rare), so the request counter
-             and the duration histogram hold `--sets` sets and the other counters fewer.
+             and the duration histograms hold `--sets` sets and the other series fewer.
 
-    python -m bench.scrape --sets 10000 --reps 5 --profile full
+    python -m bench.scrape --sets 10000 --reps 5 --profile full --metrics-profile genai
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from bench.common import peak_rss_kib
 from consumer.devtools.produce import synthetic_events
 from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.pipeline.health import HealthState
+from consumer.usage.options import UsageOptions
+from consumer.usage.profiles import build_trackers, members, profile_names
 from consumer.usage.provider import METER_NAME, build_meter_provider
-from consumer.usage.tracker import TokenTracker, UsageOptions
 from consumer.web.server import MetricsServer
 
 
@@ -45,6 +52,7 @@ def events(sets: int, profile: str) -> list[UsageOptions]:
                 output_tokens=e["output_tokens"] or 10,
                 cache_read_tokens=e.get("cache_read_tokens", e.get("cache_input_tokens", 0))
                 or 1000,
+                cache_write_tokens=e.get("cache_write_tokens") or 200,
                 system_tokens=e["system_tokens"] or 5,
             )
         fields = {k: v for k, v in e.items() if k not in ("schema_version", "event_id")}
@@ -53,20 +61,27 @@ def events(sets: int, profile: str) -> list[UsageOptions]:
     return out
 
 
+#: The exposition-name prefix of each profile's instruments, to count its series.
+SERIES_PREFIXES = {"llm": b"llm_", "genai": b"gen_ai_"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sets", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--profile", choices=["full", "realistic"], default="full")
+    parser.add_argument("--metrics-profile", choices=profile_names(), default="llm")
     args = parser.parse_args()
 
     registry = CollectorRegistry(auto_describe=True)
     WorkerMetrics.create(registry)
     # The worker's default limit is 10,000 sets per metric; never let this benchmark overflow.
-    provider = build_meter_provider(registry, max(10_000, args.sets))
-    tracker = TokenTracker(provider.get_meter(METER_NAME))
+    limit = max(10_000, args.sets)
+    provider = build_meter_provider(registry, limit)
+    trackers = build_trackers(args.metrics_profile, provider.get_meter(METER_NAME), limit)
     for options in events(args.sets, args.profile):
-        tracker.record_usage(options)
+        for tracker in trackers:
+            tracker.record_usage(options)
 
     server = MetricsServer("127.0.0.1", 0, registry, HealthState())
     server.start()
@@ -79,20 +94,24 @@ def main() -> int:
         durations.append(time.perf_counter() - began)
         size, lines = len(body), body.count(b"\n")
     server.stop()
-    usage_lines = sum(
-        1 for line in body.splitlines() if line.startswith(b"llm_") and not line.startswith(b"#")
-    )
+    # Comment lines start with "#", so a prefix match counts samples only.
+    by_profile = {
+        name: sum(1 for line in body.splitlines() if line.startswith(SERIES_PREFIXES[name]))
+        for name in members(args.metrics_profile)
+    }
     print(
         json.dumps(
             {
                 "profile": args.profile,
+                "metrics_profile": args.metrics_profile,
                 "sets": args.sets,
                 "reps": args.reps,
                 "durations_s": durations,
                 "median_s": statistics.median(durations),
                 "body_bytes": size,
                 "lines": lines,
-                "usage_series": usage_lines,
+                "usage_series": sum(by_profile.values()),
+                "usage_series_by_profile": by_profile,
                 "peak_rss_mib": peak_rss_kib() / 1024,
             }
         )

@@ -31,6 +31,7 @@ __all__ = [
     "Aggregations",
     "add_to_sums",
     "merge_into_histograms",
+    "record_into_histograms",
     "resolve",
 ]
 
@@ -110,3 +111,20 @@ def merge_into_histograms(aggregations: Aggregations, values: Sequence[float]) -
             if aggregation._record_min_max:
                 aggregation._min = min(aggregation._min, *values)
                 aggregation._max = max(aggregation._max, *values)
+
+
+def record_into_histograms(aggregations: Aggregations, value: float) -> None:
+    """What `histogram.record(value)` does to each aggregation (exemplars are off), at a
+    fraction of the cost: no attribute cleaning and hashing, no measurement object."""
+    for aggregation in aggregations:
+        with aggregation._lock:
+            counts = aggregation._value
+            if counts is None:
+                counts = aggregation._value = aggregation._get_empty_bucket_counts()
+            aggregation._sum += value
+            if aggregation._record_min_max:  # min() and max(), without the calls (~0.3 µs)
+                if value < aggregation._min:  # noqa: PLR1730
+                    aggregation._min = value
+                if value > aggregation._max:  # noqa: PLR1730
+                    aggregation._max = value
+            counts[bisect_left(aggregation._boundaries, value)] += 1

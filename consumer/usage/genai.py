@@ -15,10 +15,10 @@ Names, units and descriptions come from `opentelemetry-semantic-conventions`; th
 boundaries are the conventions' advice, which the tracker passes. The attributes are
 `GENAI_LABELS` (consumer.usage.options).
 
-`record_batch` is exact, as the llm profile's is (tests/test_profiles.py): token values are
-grouped per series (integer sums do not depend on the order of addition), durations are applied
-in event order per aggregation (float sums do), and every series is created by a public
-measurement in the order per-event recording would create it.
+`record_batch` is exact, as the llm profile's is (tests/test_profiles.py): it applies every value
+in event order, publicly the first time a series is met and straight into the aggregation that
+measurement resolved to afterwards (consumer.usage._otel_fastpath). With most series seeing one
+or two values per batch, grouping them first would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ from opentelemetry.semconv._incubating.metrics.gen_ai_metrics import (
 )
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE, ErrorTypeValues
 
-from consumer.usage._otel_fastpath import Aggregations, merge_into_histograms, resolve, usable
+from consumer.usage._otel_fastpath import (
+    Aggregations,
+    record_into_histograms,
+    resolve,
+    usable,
+)
 from consumer.usage.batching import DEFAULT_REMEMBERED_SETS
 from consumer.usage.options import (
     GENAI_LABELS,
@@ -98,7 +103,7 @@ TOKEN_TYPES: Final = (
     ("system", "system_tokens"),
 )
 _TOKENS: Final = operator.attrgetter(*(field for _, field in TOKEN_TYPES))
-_SLOTS: Final = len(TOKEN_TYPES)
+_SLOTS: Final = len(TOKEN_TYPES)  # token slots 0..4; the duration's is _SLOTS
 # A batch's series key: the label values, then what decides error.type.
 _BATCH_KEY: Final = operator.attrgetter(*GENAI_LABELS.fields, "status", "error_code")
 _LABELS: Final = len(GENAI_LABELS.labels)
@@ -147,7 +152,6 @@ class GenAiTracker:
         "_duration",
         "_fast",
         "_remembered_sets",
-        "_started",
         "_states",
         "_tokens",
     )
@@ -160,9 +164,6 @@ class GenAiTracker:
             _Bucketed(meter, DURATION_BUCKETS_S)  # type: ignore[arg-type]
         )
         self._fast = usable(self._tokens) and usable(self._duration)
-        # Until both instruments have a measurement, the first of them to get one comes first
-        # in an export: record_batch keeps that order too.
-        self._started = False
         self._states: dict[LabelKey, _SeriesState] = {}  # by batch key, as sent
         self._by_attributes: dict[LabelKey, _SeriesState] = {}  # by canonical key
         self._remembered_sets = remembered_sets
@@ -180,83 +181,46 @@ class GenAiTracker:
     def record_batch(self, opts: Iterable[UsageLike]) -> int:
         """Record many requests; exactly what `record_usage` on each, in order, would record.
 
+        Every value is applied in event order, so every aggregation sees the same sequence as
+        per-event recording (float sums depend on it) and every series is created, by a public
+        measurement, at its event's place. What is saved is the SDK's per-measurement work
+        (cleaning and hashing the attributes), which a resolved series no longer needs.
+
         ``opts`` is consumed completely before anything is recorded, so if iterating it raises,
         nothing of that batch reaches the instruments.
         """
-        pending: dict[LabelKey, _Pending] = {}
-        first_uses: list[tuple[int, _Pending]] = []  # (token slot, set), in per-event order
-        durations: list[tuple[_SeriesState, float]] = []  # in event order
-        first_tokens_at = first_duration_at = -1  # which instrument per-event recording starts
-        count = 0
-        for o in opts:
-            count += 1
+        events = opts if isinstance(opts, list) else list(opts)
+        states = self._states
+        first = self._first
+        record = record_into_histograms
+        for o in events:
             key = _BATCH_KEY(o)
-            batch = pending.get(key)
-            if batch is None:
-                batch = pending[key] = _Pending(self._states.get(key) or self._state(key))
-            state = batch.state
-            per_slot = batch.values
-            unresolved = state.unresolved
+            state = states.get(key) or self._state(key)
+            found = state.aggregations
             for slot, amount in enumerate(_TOKENS(o)):
                 if amount > 0:
-                    if not per_slot[slot] and unresolved[slot]:
-                        first_uses.append((slot, batch))
-                        if first_tokens_at < 0:
-                            first_tokens_at = count
-                    per_slot[slot].append(amount)
+                    into = found[slot]
+                    if into is None:
+                        first(state, slot, amount)
+                    else:
+                        record(into, amount)
             if o.latency_ms >= 0:
-                if not durations:
-                    first_duration_at = count
-                durations.append((state, o.latency_ms / 1000))
+                into = found[_SLOTS]
+                if into is None:
+                    first(state, _SLOTS, o.latency_ms / 1000)
+                else:
+                    record(into, o.latency_ms / 1000)
+        return len(events)
 
-        if not self._started and 0 < first_duration_at < first_tokens_at:
-            # The first event measured a duration and no token: so does this batch, first.
-            self._record_durations(durations[:1])
-            durations = durations[1:]
-        if first_tokens_at > 0 and first_duration_at > 0:
-            self._started = True
-
-        for slot, batch in first_uses:
-            values = batch.values[slot]
-            state = batch.state
-            self._tokens.record(values[0], state.token_attributes[slot])
-            found = state.resolve(slot, self._tokens)
-            if found is not None and len(values) > 1:
-                merge_into_histograms(found, values[1:])
-            else:
-                for value in values[1:]:
-                    self._tokens.record(value, state.token_attributes[slot])
-            batch.values[slot] = []
-        for batch in pending.values():
-            for slot, rest in enumerate(batch.values):
-                if rest:
-                    merge_into_histograms(batch.state.aggregations[slot], rest)  # type: ignore[arg-type]
-        self._record_durations(durations)
-        return count
-
-    def _record_durations(self, durations: list[tuple[_SeriesState, float]]) -> None:
-        """Each aggregation gets its values in event order (float sums depend on it), and every
-        series is created by a public measurement at its event's place."""
-        buffered: dict[int, tuple[Aggregations, list[float]]] = {}
-        duration_slot = _SLOTS
-        for state, seconds in durations:
-            aggregations = state.aggregations[duration_slot]
-            if aggregations is None:
-                # A new series (or a set beyond the fast path): whatever it lands in must have
-                # received every earlier value first.
-                for found, values in buffered.values():
-                    merge_into_histograms(found, values)
-                buffered.clear()
-                self._duration.record(seconds, state.duration_attributes)
-                state.resolve(duration_slot, self._duration)
-                continue
-            entry = buffered.get(id(aggregations))
-            if entry is None:
-                buffered[id(aggregations)] = (aggregations, [seconds])
-            else:
-                entry[1].append(seconds)
-        for found, values in buffered.values():
-            merge_into_histograms(found, values)
+    def _first(self, state: _SeriesState, slot: int, value: float) -> None:
+        """A public measurement: it creates the series (or lands in the overflow series); then
+        remember the aggregation it updated, if the fast path may update it directly."""
+        if slot == _SLOTS:
+            self._duration.record(value, state.duration_attributes)
+            state.resolve(slot, self._duration)
+        else:
+            self._tokens.record(value, state.token_attributes[slot])
+            state.resolve(slot, self._tokens)
 
     def _state(self, key: LabelKey) -> _SeriesState:
         canonical = (
@@ -278,7 +242,7 @@ class _SeriesState:
     """What the tracker remembers of one attribute set across batches: its five token series
     and its duration series, and the aggregations each resolved to."""
 
-    __slots__ = ("aggregations", "duration_attributes", "fast", "token_attributes", "unresolved")
+    __slots__ = ("aggregations", "duration_attributes", "fast", "token_attributes")
 
     def __init__(self, attrs: Attributes, error_type: str | None, fast: bool) -> None:
         self.token_attributes = tuple(
@@ -286,7 +250,6 @@ class _SeriesState:
         )
         self.duration_attributes = _duration_attributes(attrs, error_type)
         self.aggregations: list[Aggregations | None] = [None] * (_SLOTS + 1)
-        self.unresolved = [True] * _SLOTS
         self.fast = fast
 
     def resolve(self, slot: int, instrument: Histogram) -> Aggregations | None:
@@ -296,16 +259,4 @@ class _SeriesState:
         found = resolve(instrument, attributes)
         if found is not None:
             self.aggregations[slot] = found
-            if slot < _SLOTS:
-                self.unresolved[slot] = False
         return found
-
-
-class _Pending:
-    """One attribute set's token values in one batch, per token type."""
-
-    __slots__ = ("state", "values")
-
-    def __init__(self, state: _SeriesState) -> None:
-        self.state = state
-        self.values: list[list[int]] = [[] for _ in range(_SLOTS)]

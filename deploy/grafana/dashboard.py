@@ -1,19 +1,28 @@
-"""The "LLM usage" Grafana dashboard, generated with grafana-foundation-sdk.
+"""The Grafana dashboards, generated with grafana-foundation-sdk: one per metrics profile.
 
-    .venv/bin/python deploy/grafana/dashboard.py          # writes dashboards/llm-usage.json
-    .venv/bin/python deploy/grafana/dashboard.py --check  # exit 1 when that file is stale
+    .venv/bin/python deploy/grafana/dashboard.py          # writes every file of DASHBOARDS
+    .venv/bin/python deploy/grafana/dashboard.py --check  # exit 1 when one of them is stale
 
-The JSON is checked in (Grafana provisions it from deploy/grafana/dashboards/) and is
-deterministic: sorted keys, a fixed uid, panel ids numbered in order, no timestamps.
+    llm     dashboards/llm-usage.json        "LLM usage", the llm.* instruments (llm_*)
+    genai   dashboards/llm-usage-genai.json  "LLM usage (GenAI)", the OpenTelemetry GenAI
+                                             client metrics (gen_ai_client_*)
+
+The JSON is checked in (Grafana provisions every file of deploy/grafana/dashboards/) and is
+deterministic: sorted keys, a fixed uid, panel ids numbered in order, no timestamps. The two
+dashboards share their helpers, their template variables (over each profile's labels) and the
+worker's rows (usage_consumer_*, the same in both profiles) verbatim.
 
 Query rules, because every worker of the consumer group exports its own share of the usage
-counters and a rebalance moves partitions (and so the growth of a label set) from one worker to
+series and a rebalance moves partitions (and so the growth of a label set) from one worker to
 another:
-- a usage metric (llm_*) is only ever read as `sum [by (...)] (rate(metric{filters}
+- a usage metric (llm_*, gen_ai_*) is only ever read as `sum [by (...)] (rate(metric{filters}
   [$__rate_interval]))`: the sum across workers is continuous when series move between
   instances, where a per-instance view would show one series stopping and another starting;
 - every usage selector carries the four template-variable filters (`=~`, so "All" is `.*`,
-  which also matches series without the label);
+  which also matches series without the label); a genai selector may add a fixed matcher on
+  gen_ai_token_type or `error_type!=""` (the failed requests);
+- gen_ai_client_token_usage is never summed across token types other than input + output:
+  cache_write tokens are already part of input;
 - the worker's own metrics (usage_consumer_*) may be shown per worker (`by (instance)`):
   partitions, backlogs and backpressure are properties of one worker.
 """
@@ -22,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,18 +69,68 @@ from grafana_foundation_sdk.models.common import (
 )
 
 HERE = Path(__file__).resolve().parent
-OUTPUT = HERE / "dashboards" / "llm-usage.json"
-DASHBOARD_UID = "llm-usage-consumer"
+DASHBOARDS_DIR = HERE / "dashboards"
 DATASOURCE_UID = "prometheus"  # provisioning/datasources/prometheus.yml gives it this uid
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
-
-# The usage metrics' filters: one per template variable.
-USAGE_FILTERS = (
-    'llm_provider=~"$provider", llm_model=~"$model", '
-    'llm_scenario=~"$scenario", llm_user_tier=~"$user_tier"'
-)
 TOKENS_PER_S = "count:tokens/s"  # Grafana custom unit: scaled count (K, M, B) + " tokens/s"
+TOKENS = "count:tokens"
+
+# The template variables filtering the usage metrics, in cascading order, with their titles.
+VARIABLES = ("provider", "model", "scenario", "user_tier")
+_VARIABLE_TITLES = {
+    "provider": "Provider",
+    "model": "Model",
+    "scenario": "Scenario",
+    "user_tier": "User tier",
+}
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One profile's usage metrics as the dashboard reads them: the label behind each template
+    variable, and the metric the variables' values come from (a series per label set)."""
+
+    provider: str
+    model: str
+    scenario: str
+    user_tier: str
+    values_from: str
+
+    def label(self, variable: str) -> str:
+        label: str = getattr(self, variable)
+        return label
+
+    def filters(self, variables: Sequence[str] = VARIABLES) -> str:
+        """The selector's matchers, one per template variable."""
+        return ", ".join(f'{self.label(v)}=~"${v}"' for v in variables)
+
+    def rate(self, metric: str, by: str = "", match: str = "") -> str:
+        """`sum [by (...)] (rate(metric{filters[, match]}[$__rate_interval]))`: summed across
+        workers; `match` adds fixed matchers after the variables' filters."""
+        grouping = f" by ({by})" if by else ""
+        matchers = f"{self.filters()}, {match}" if match else self.filters()
+        return f"sum{grouping} (rate({metric}{{{matchers}}}[{RATE}]))"
+
+    def quantile(self, q: float, bucket: str, by: str = "", match: str = "") -> str:
+        """`histogram_quantile(q, sum by (le[, by]) (rate(bucket{...}[...])))`."""
+        return f"histogram_quantile({q}, {self.rate(bucket, f'le, {by}' if by else 'le', match)})"
+
+
+LLM = Usage(
+    provider="llm_provider",
+    model="llm_model",
+    scenario="llm_scenario",
+    user_tier="llm_user_tier",
+    values_from="llm_request_count_total",
+)
+GENAI = Usage(
+    provider="gen_ai_provider_name",
+    model="gen_ai_response_model",
+    scenario="tingly_scenario",
+    user_tier="tingly_user_tier",
+    values_from="gen_ai_client_operation_duration_seconds_count",  # one value per request
+)
 
 
 @dataclass(frozen=True)
@@ -79,17 +138,6 @@ class Query:
     expr: str
     legend: str = ""
     instant: bool = False
-
-
-def usage_rate(metric: str, by: str = "") -> str:
-    """`sum [by (...)] (rate(metric{filters}[$__rate_interval]))`: summed across workers."""
-    grouping = f" by ({by})" if by else ""
-    return f"sum{grouping} (rate({metric}{{{USAGE_FILTERS}}}[{RATE}]))"
-
-
-def usage_quantile(q: float, by: str) -> str:
-    buckets = usage_rate("llm_request_duration_milliseconds_bucket", f"le, {by}" if by else "le")
-    return f"histogram_quantile({q}, {buckets})"
 
 
 def or_zero(expr: str, label: str) -> str:
@@ -117,6 +165,7 @@ def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
 
 
 GREEN_ONLY = ((None, "green"),)
+ERROR_RATIO_STEPS = ((None, "green"), (0.01, "orange"), (0.05, "red"))
 
 
 def timeseries_panel(
@@ -240,58 +289,57 @@ def _multi_variable(name: str, label: str, query: str, description: str) -> Quer
     )
 
 
-def variables() -> list[DatasourceVariable | QueryVariable]:
-    requests = "llm_request_count_total"
-    return [
+_VARIABLE_DESCRIPTIONS = {
+    "provider": "LLM provider ({label}).",
+    "model": "Model actually used ({label}).",
+    "scenario": "API scenario ({label}).",
+    "user_tier": "User tier ({label}); All also covers events without a tier.",
+}
+
+
+def variables(usage: Usage) -> list[DatasourceVariable | QueryVariable]:
+    """The data source, then one multi-value variable per usage label, each filtered by the
+    ones before it."""
+    out: list[DatasourceVariable | QueryVariable] = [
         DatasourceVariable("datasource")
         .label("Data source")
         .type("prometheus")
         .current(model.VariableOption(text="Prometheus", value=DATASOURCE_UID)),
-        _multi_variable(
-            "provider",
-            "Provider",
-            f"label_values({requests}, llm_provider)",
-            "LLM provider (llm_provider).",
-        ),
-        _multi_variable(
-            "model",
-            "Model",
-            f'label_values({requests}{{llm_provider=~"$provider"}}, llm_model)',
-            "Model actually used (llm_model).",
-        ),
-        _multi_variable(
-            "scenario",
-            "Scenario",
-            f'label_values({requests}{{llm_provider=~"$provider", llm_model=~"$model"}}, '
-            "llm_scenario)",
-            "API scenario (llm_scenario).",
-        ),
-        _multi_variable(
-            "user_tier",
-            "User tier",
-            f'label_values({requests}{{llm_provider=~"$provider", llm_model=~"$model", '
-            'llm_scenario=~"$scenario"}, llm_user_tier)',
-            "User tier (llm_user_tier); All also covers events without a tier.",
-        ),
     ]
+    for i, name in enumerate(VARIABLES):
+        earlier = usage.filters(VARIABLES[:i])
+        selector = f"{usage.values_from}{{{earlier}}}" if earlier else usage.values_from
+        label = usage.label(name)
+        out.append(
+            _multi_variable(
+                name,
+                _VARIABLE_TITLES[name],
+                f"label_values({selector}, {label})",
+                _VARIABLE_DESCRIPTIONS[name].format(label=label),
+            )
+        )
+    return out
 
 
 # --- panels, row by row --------------------------------------------------------------------
 
 
-def overview_panels() -> list[stat.Panel]:
+# --- the llm profile's usage rows ------------------------------------------------------------
+
+
+def llm_overview_panels() -> list[stat.Panel]:
     return [
         stat_panel(
             "Tokens/s",
             "Input + output tokens per second (llm_token_total), all workers, current filters.",
             TOKENS_PER_S,
-            [Query(usage_rate("llm_token_total"))],
+            [Query(LLM.rate("llm_token_total"))],
         ),
         stat_panel(
             "Requests/s",
             "LLM requests per second (llm_request_count_total), all workers, current filters.",
             "reqps",
-            [Query(usage_rate("llm_request_count_total"))],
+            [Query(LLM.rate("llm_request_count_total"))],
         ),
         stat_panel(
             "Error ratio",
@@ -299,33 +347,17 @@ def overview_panels() -> list[stat.Panel]:
             "percentunit",
             [
                 Query(
-                    f"({usage_rate('llm_request_errors_total')} or vector(0))"
-                    f" / {usage_rate('llm_request_count_total')}"
+                    f"({LLM.rate('llm_request_errors_total')} or vector(0))"
+                    f" / {LLM.rate('llm_request_count_total')}"
                 )
             ],
-            thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
+            thresholds=ERROR_RATIO_STEPS,
         ),
         stat_panel(
             "p95 latency",
             "95th percentile of llm_request_duration_milliseconds over all models.",
             "ms",
-            [Query(usage_quantile(0.95, ""))],
-        ),
-        stat_panel(
-            "Consumer lag",
-            "Messages behind the end of the topic, summed over partitions "
-            "(usage_consumer_consumer_lag; max per partition while a hand-over reports it "
-            "twice).",
-            "short",
-            [Query("sum(max by (topic, partition) (usage_consumer_consumer_lag))")],
-            thresholds=((None, "green"), (10_000, "orange"), (100_000, "red")),
-        ),
-        stat_panel(
-            "Workers",
-            "Worker processes Prometheus currently scrapes (series of "
-            "usage_consumer_assigned_partitions).",
-            "short",
-            [Query("count(usage_consumer_assigned_partitions)")],
+            [Query(LLM.quantile(0.95, "llm_request_duration_milliseconds_bucket"))],
         ),
     ]
 
@@ -340,13 +372,13 @@ _TOKEN_KINDS = (
 )
 
 
-def token_panels() -> list[timeseries.Panel | bargauge.Panel]:
+def llm_token_panels() -> list[timeseries.Panel | bargauge.Panel]:
     panels: list[timeseries.Panel | bargauge.Panel] = [
         timeseries_panel(
             f"{label} tokens/s by provider and model",
             f"{what.capitalize()} per second ({metric}), summed across workers.",
             TOKENS_PER_S,
-            [Query(usage_rate(metric, _BY_PROVIDER_MODEL), _PROVIDER_MODEL_LEGEND)],
+            [Query(LLM.rate(metric, _BY_PROVIDER_MODEL), _PROVIDER_MODEL_LEGEND)],
             stack=True,
         )
         for _, label, metric, what in _TOKEN_KINDS
@@ -359,7 +391,7 @@ def token_panels() -> list[timeseries.Panel | bargauge.Panel]:
             TOKENS_PER_S,
             [
                 Query(
-                    f"sort_desc(topk(10, {usage_rate('llm_token_total', 'llm_model')}))",
+                    f"sort_desc(topk(10, {LLM.rate('llm_token_total', 'llm_model')}))",
                     "{{llm_model}}",
                     instant=True,
                 )
@@ -368,7 +400,7 @@ def token_panels() -> list[timeseries.Panel | bargauge.Panel]:
     )
     mix = [
         Query(
-            f"label_replace({usage_rate(metric, 'llm_user_tier')}, "
+            f"label_replace({LLM.rate(metric, 'llm_user_tier')}, "
             '"llm_user_tier", "(none)", "llm_user_tier", "")',
             f"{{{{llm_user_tier}}}} {kind}",
         )
@@ -387,7 +419,7 @@ def token_panels() -> list[timeseries.Panel | bargauge.Panel]:
     return panels
 
 
-def request_panels() -> list[timeseries.Panel]:
+def llm_request_panels() -> list[timeseries.Panel]:
     return [
         timeseries_panel(
             "Requests/s by status",
@@ -395,7 +427,7 @@ def request_panels() -> list[timeseries.Panel]:
             "reqps",
             [
                 Query(
-                    usage_rate("llm_request_count_total", "llm_response_status"),
+                    LLM.rate("llm_request_count_total", "llm_response_status"),
                     "{{llm_response_status}}",
                 )
             ],
@@ -407,7 +439,7 @@ def request_panels() -> list[timeseries.Panel]:
             "reqps",
             [
                 Query(
-                    usage_rate("llm_request_errors_total", "llm_provider, llm_error_code"),
+                    LLM.rate("llm_request_errors_total", "llm_provider, llm_error_code"),
                     "{{llm_provider}} / {{llm_error_code}}",
                 )
             ],
@@ -419,7 +451,7 @@ def request_panels() -> list[timeseries.Panel]:
             "reqps",
             [
                 Query(
-                    usage_rate("llm_request_count_total", _BY_PROVIDER_MODEL),
+                    LLM.rate("llm_request_count_total", _BY_PROVIDER_MODEL),
                     _PROVIDER_MODEL_LEGEND,
                 )
             ],
@@ -431,9 +463,240 @@ def request_panels() -> list[timeseries.Panel]:
             "buckets summed across workers (buckets from 50 ms to 10 min).",
             "ms",
             [
-                Query(usage_quantile(q, "llm_model"), f"{{{{llm_model}}}} p{round(q * 100)}")
+                Query(
+                    LLM.quantile(q, "llm_request_duration_milliseconds_bucket", "llm_model"),
+                    f"{{{{llm_model}}}} p{round(q * 100)}",
+                )
                 for q in (0.5, 0.95, 0.99)
             ],
+        ),
+    ]
+
+
+# --- the genai profile's usage rows ----------------------------------------------------------
+
+_GENAI_TOKENS = "gen_ai_client_token_usage_sum"  # _sum: the tokens; one observation per type
+_GENAI_TOKEN_BUCKETS = "gen_ai_client_token_usage_bucket"  # noqa: S105 (a metric name)
+_GENAI_REQUESTS = "gen_ai_client_operation_duration_seconds_count"  # _count: the requests
+_GENAI_DURATION_BUCKETS = "gen_ai_client_operation_duration_seconds_bucket"
+# Failed requests: the duration series with error_type (canceled requests never carry one).
+_GENAI_ERRORS = 'error_type!=""'
+# Input + output, as llm_token_total: cache_write is already part of input, never add it.
+_GENAI_IN_OUT = 'gen_ai_token_type=~"input|output"'
+_GENAI_BY_PROVIDER_MODEL = "gen_ai_provider_name, gen_ai_response_model"
+_GENAI_PROVIDER_MODEL_LEGEND = "{{gen_ai_provider_name}} / {{gen_ai_response_model}}"
+_GENAI_TOKEN_TYPES = (
+    ("input", "Input", "input/prompt tokens (cache reads excluded, cache writes included)"),
+    ("output", "Output", "output/completion tokens"),
+    ("cache_read", "Cache read", "input tokens served from the prompt cache"),
+    ("cache_write", "Cache write", "input tokens written to the prompt cache (part of input)"),
+    ("system", "System", "tokens of system operations"),
+)
+_NOT_STACKED = "Not stacked: cache_write tokens are already part of input."
+_GENAI_LATENCY_ALERT_S = 60  # genai-alerts.yml: UsageConsumerGenAILatencyHigh, p99 > 60 s
+_GENAI_ERROR_ALERT_RATIO = 0.05  # genai-alerts.yml: UsageConsumerGenAIErrorRatioHigh
+
+
+def genai_overview_panels() -> list[stat.Panel]:
+    return [
+        stat_panel(
+            "Tokens/s",
+            "Input + output tokens per second (gen_ai_client_token_usage_sum, gen_ai_token_type "
+            "input or output; cache_write is part of input), all workers, current filters.",
+            TOKENS_PER_S,
+            [Query(GENAI.rate(_GENAI_TOKENS, match=_GENAI_IN_OUT))],
+        ),
+        stat_panel(
+            "Requests/s",
+            "LLM requests per second (gen_ai_client_operation_duration_seconds_count: one "
+            "observation per request), all workers, current filters.",
+            "reqps",
+            [Query(GENAI.rate(_GENAI_REQUESTS))],
+        ),
+        stat_panel(
+            "Error ratio",
+            "Failed requests (the duration series with error_type) / all requests. Canceled "
+            "requests carry no error_type: they never count as errors.",
+            "percentunit",
+            [
+                Query(
+                    f"({GENAI.rate(_GENAI_REQUESTS, match=_GENAI_ERRORS)} or vector(0))"
+                    f" / {GENAI.rate(_GENAI_REQUESTS)}"
+                )
+            ],
+            thresholds=ERROR_RATIO_STEPS,
+        ),
+        stat_panel(
+            "p95 latency",
+            "95th percentile of gen_ai_client_operation_duration_seconds over all models, "
+            "failed requests included.",
+            "s",
+            [Query(GENAI.quantile(0.95, _GENAI_DURATION_BUCKETS))],
+        ),
+    ]
+
+
+def genai_token_panels() -> list[timeseries.Panel | bargauge.Panel]:
+    panels: list[timeseries.Panel | bargauge.Panel] = [
+        timeseries_panel(
+            "Tokens/s by token type",
+            "Tokens per second per gen_ai_token_type (gen_ai_client_token_usage_sum), summed "
+            f"across workers. {_NOT_STACKED}",
+            TOKENS_PER_S,
+            [Query(GENAI.rate(_GENAI_TOKENS, "gen_ai_token_type"), "{{gen_ai_token_type}}")],
+        ),
+        bargauge_panel(
+            "Top models by tokens/s",
+            "The 10 models with the most input + output tokens per second "
+            "(gen_ai_client_token_usage_sum) at the end of the time range.",
+            TOKENS_PER_S,
+            [
+                Query(
+                    "sort_desc(topk(10, "
+                    f"{GENAI.rate(_GENAI_TOKENS, 'gen_ai_response_model', _GENAI_IN_OUT)}))",
+                    "{{gen_ai_response_model}}",
+                    instant=True,
+                )
+            ],
+        ),
+    ]
+    panels.extend(
+        timeseries_panel(
+            f"{label} tokens/s by provider and model",
+            f"{what.capitalize()} per second (gen_ai_client_token_usage_sum, "
+            f'gen_ai_token_type="{token_type}"), summed across workers.',
+            TOKENS_PER_S,
+            [
+                Query(
+                    GENAI.rate(
+                        _GENAI_TOKENS, _GENAI_BY_PROVIDER_MODEL, f'gen_ai_token_type="{token_type}"'
+                    ),
+                    _GENAI_PROVIDER_MODEL_LEGEND,
+                )
+            ],
+            stack=True,
+        )
+        for token_type, label, what in _GENAI_TOKEN_TYPES
+    )
+    panels.append(
+        timeseries_panel(
+            "Token mix per user tier",
+            "Tokens per second of each gen_ai_token_type per user tier (tingly_user_tier); "
+            f"(none) is events without a tier. {_NOT_STACKED}",
+            TOKENS_PER_S,
+            [
+                Query(
+                    "label_replace("
+                    f"{GENAI.rate(_GENAI_TOKENS, 'tingly_user_tier, gen_ai_token_type')}, "
+                    '"tingly_user_tier", "(none)", "tingly_user_tier", "")',
+                    "{{tingly_user_tier}} {{gen_ai_token_type}}",
+                )
+            ],
+        )
+    )
+    panels.append(
+        timeseries_panel(
+            "Tokens per request p50/p95 by token type",
+            "Quantiles of gen_ai_client_token_usage per gen_ai_token_type, over the requests "
+            "that used that type (a type is only observed when its count is > 0). Buckets grow "
+            "by powers of 4 (1 to 4,194,304), so the quantiles are coarse.",
+            TOKENS,
+            [
+                Query(
+                    GENAI.quantile(q, _GENAI_TOKEN_BUCKETS, "gen_ai_token_type"),
+                    f"{{{{gen_ai_token_type}}}} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.95)
+            ],
+            span=24,
+        )
+    )
+    return panels
+
+
+def genai_request_panels() -> list[timeseries.Panel]:
+    return [
+        timeseries_panel(
+            "Requests/s by provider and model",
+            "LLM requests per second by provider and model "
+            "(gen_ai_client_operation_duration_seconds_count).",
+            "reqps",
+            [
+                Query(
+                    GENAI.rate(_GENAI_REQUESTS, _GENAI_BY_PROVIDER_MODEL),
+                    _GENAI_PROVIDER_MODEL_LEGEND,
+                )
+            ],
+            stack=True,
+        ),
+        timeseries_panel(
+            "Errors/s by error type",
+            "Failed requests per second by provider and error_type (the error code, or _OTHER; "
+            "gen_ai_client_operation_duration_seconds_count). Canceled requests are not errors.",
+            "reqps",
+            [
+                Query(
+                    GENAI.rate(_GENAI_REQUESTS, "gen_ai_provider_name, error_type", _GENAI_ERRORS),
+                    "{{gen_ai_provider_name}} / {{error_type}}",
+                )
+            ],
+            stack=True,
+        ),
+        timeseries_panel(
+            "Error ratio by provider and model",
+            "Failed requests / all requests per provider and model; 0 for a model without "
+            "errors. The dashed line is UsageConsumerGenAIErrorRatioHigh's threshold (5%, for "
+            "models with more than 0.1 requests/s).",
+            "percentunit",
+            [
+                Query(
+                    f"({GENAI.rate(_GENAI_REQUESTS, _GENAI_BY_PROVIDER_MODEL, _GENAI_ERRORS)}"
+                    f" or {GENAI.rate(_GENAI_REQUESTS, _GENAI_BY_PROVIDER_MODEL)} * 0)"
+                    f" / {GENAI.rate(_GENAI_REQUESTS, _GENAI_BY_PROVIDER_MODEL)}",
+                    _GENAI_PROVIDER_MODEL_LEGEND,
+                )
+            ],
+            thresholds=((None, "green"), (_GENAI_ERROR_ALERT_RATIO, "red")),
+        ),
+        timeseries_panel(
+            "Latency p50/p95/p99 by provider and model",
+            "Quantiles of gen_ai_client_operation_duration_seconds per provider and model, from "
+            "the histogram buckets summed across workers (0.01 s to 81.92 s, doubling), failed "
+            "requests included. The dashed line is UsageConsumerGenAILatencyHigh's p99 "
+            "threshold (60 s).",
+            "s",
+            [
+                Query(
+                    GENAI.quantile(q, _GENAI_DURATION_BUCKETS, _GENAI_BY_PROVIDER_MODEL),
+                    f"{_GENAI_PROVIDER_MODEL_LEGEND} p{round(q * 100)}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ],
+            thresholds=((None, "green"), (_GENAI_LATENCY_ALERT_S, "red")),
+        ),
+    ]
+
+
+# --- the worker's rows, the same on both dashboards --------------------------------------------
+
+
+def worker_overview_panels() -> list[stat.Panel]:
+    return [
+        stat_panel(
+            "Consumer lag",
+            "Messages behind the end of the topic, summed over partitions "
+            "(usage_consumer_consumer_lag; max per partition while a hand-over reports it "
+            "twice).",
+            "short",
+            [Query("sum(max by (topic, partition) (usage_consumer_consumer_lag))")],
+            thresholds=((None, "green"), (10_000, "orange"), (100_000, "red")),
+        ),
+        stat_panel(
+            "Workers",
+            "Worker processes Prometheus currently scrapes (series of "
+            "usage_consumer_assigned_partitions).",
+            "short",
+            [Query("count(usage_consumer_assigned_partitions)")],
         ),
     ]
 
@@ -687,25 +950,93 @@ def cardinality_panels() -> list[stat.Panel | timeseries.Panel | bargauge.Panel]
     ]
 
 
-ROWS = (
-    ("Overview", overview_panels),
-    ("Tokens", token_panels),
-    ("Requests and latency", request_panels),
+Panels = Callable[[], Sequence[stat.Panel | timeseries.Panel | bargauge.Panel]]
+# The worker's rows: usage_consumer_* is the same whichever profile the worker runs.
+WORKER_ROWS: tuple[tuple[str, Panels], ...] = (
     ("Consumer: throughput, lag and commits", throughput_panels),
     ("Consumer: scrape-ack backlog and backpressure", scrape_ack_panels),
     ("Cardinality", cardinality_panels),
 )
 
 
-def build() -> model.Dashboard:
+@dataclass(frozen=True)
+class Spec:
+    """One dashboard: a metrics profile's usage rows, then the worker's rows."""
+
+    profile: str
+    """The metrics_profile whose metrics it reads (`both` serves both dashboards)."""
+    file_name: str
+    uid: str
+    title: str
+    description: str
+    tags: tuple[str, ...]
+    usage: Usage
+    overview: Callable[[], Sequence[stat.Panel]]
+    """The usage stats; the Overview row ends with the worker's."""
+    usage_rows: tuple[tuple[str, Panels], ...]
+
+    @property
+    def output(self) -> Path:
+        return DASHBOARDS_DIR / self.file_name
+
+    def rows(self) -> tuple[tuple[str, Panels], ...]:
+        def overview() -> list[stat.Panel]:
+            return [*self.overview(), *worker_overview_panels()]
+
+        return (("Overview", overview), *self.usage_rows, *WORKER_ROWS)
+
+
+_GENERATED = "Generated by deploy/grafana/dashboard.py: edit that, not this JSON."
+DASHBOARDS: dict[str, Spec] = {
+    spec.profile: spec
+    for spec in (
+        Spec(
+            profile="llm",
+            file_name="llm-usage.json",
+            uid="llm-usage-consumer",
+            title="LLM usage",
+            description="LLM gateway token usage recorded by llm-usage-consumer, and the "
+            f"consumer fleet itself. {_GENERATED}",
+            tags=("llm", "llm-usage-consumer", "generated"),
+            usage=LLM,
+            overview=llm_overview_panels,
+            usage_rows=(
+                ("Tokens", llm_token_panels),
+                ("Requests and latency", llm_request_panels),
+            ),
+        ),
+        Spec(
+            profile="genai",
+            file_name="llm-usage-genai.json",
+            uid="llm-usage-consumer-genai",
+            title="LLM usage (GenAI)",
+            description="LLM gateway token usage recorded by llm-usage-consumer's genai metrics "
+            "profile (the OpenTelemetry GenAI client metrics, gen_ai_client_*), and the "
+            f"consumer fleet itself. {_GENERATED}",
+            tags=("llm", "gen-ai", "llm-usage-consumer", "generated"),
+            usage=GENAI,
+            overview=genai_overview_panels,
+            usage_rows=(
+                ("Tokens", genai_token_panels),
+                ("Requests and latency", genai_request_panels),
+            ),
+        ),
+    )
+}
+
+
+def outputs() -> dict[str, Path]:
+    """{profile: the JSON file of its dashboard}, every dashboard this script writes."""
+    return {profile: spec.output for profile, spec in DASHBOARDS.items()}
+
+
+def build(profile: str = "llm") -> model.Dashboard:
+    spec = DASHBOARDS[profile]
     builder = (
-        Dashboard("LLM usage")
-        .uid(DASHBOARD_UID)
-        .description(
-            "LLM gateway token usage recorded by llm-usage-consumer, and the consumer fleet "
-            "itself. Generated by deploy/grafana/dashboard.py: edit that, not this JSON."
-        )
-        .tags(["llm", "llm-usage-consumer", "generated"])
+        Dashboard(spec.title)
+        .uid(spec.uid)
+        .description(spec.description)
+        .tags(list(spec.tags))
         .timezone("browser")
         .time("now-1h", "now")
         .refresh("30s")
@@ -721,9 +1052,9 @@ def build() -> model.Dashboard:
             .type("dashboard")
             .built_in(1)
         )
-        .variables(variables())  # type: ignore[arg-type]
+        .variables(variables(spec.usage))  # type: ignore[arg-type]
     )
-    for title, panels in ROWS:
+    for title, panels in spec.rows():
         builder = builder.with_row(Row(title))
         for panel in panels():
             builder = builder.with_panel(panel)
@@ -733,8 +1064,8 @@ def build() -> model.Dashboard:
     return dashboard
 
 
-def render() -> str:
-    return JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False).encode(build()) + "\n"
+def render(profile: str = "llm") -> str:
+    return JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False).encode(build(profile)) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -742,26 +1073,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="exit 1 if the checked-in JSON differs from what this generates",
+        help="exit 1 if a checked-in JSON differs from what this generates",
     )
-    parser.add_argument("--output", type=Path, default=OUTPUT, help="the JSON file")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        choices=list(DASHBOARDS),
+        help="only this profile's dashboard (repeatable; default: all of them)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=DASHBOARDS_DIR,
+        help="the directory of the JSON files (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else None
-        if current != text:
-            print(
-                f"{args.output} is stale or missing: regenerate it with `make dashboard` "
-                "(.venv/bin/python deploy/grafana/dashboard.py) and commit the result",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{args.output} is up to date")
-        return 0
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}")
-    return 0
+    stale = 0
+    for profile in args.profile or list(DASHBOARDS):
+        output: Path = args.output_dir / DASHBOARDS[profile].file_name
+        text = render(profile)
+        if args.check:
+            current = output.read_text(encoding="utf-8") if output.exists() else None
+            if current != text:
+                print(
+                    f"{output} is stale or missing: regenerate it with `make dashboard` "
+                    "(.venv/bin/python deploy/grafana/dashboard.py) and commit the result",
+                    file=sys.stderr,
+                )
+                stale += 1
+            else:
+                print(f"{output} is up to date")
+            continue
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {output}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
