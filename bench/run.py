@@ -18,7 +18,8 @@ in an order rotated per repetition:
   quix    bench/quix_peer.py: the same job in Quix Streams (its own venv, bench/.venv-quix)
   worker_x2  two workers in one group (the scale-out comparison; see --scale-reps)
 
-Then the scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both) and the
+Then the decoders on the backlog's mix (bench/decode.py: the share the fast path takes), the
+scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both) and the
 end-to-end latency test (bench/latency.py, the llm profile).
 
 Flags and their variables (`--help` for all): --events BENCH_EVENTS, --slow-events
@@ -27,8 +28,8 @@ comma-separated subset of raw,worker,worker_genai,worker_both,naive,quix, or non
 BENCH_SCALE_REPS, --latency-seconds BENCH_LATENCY_SECONDS, --latency-rate BENCH_LATENCY_RATE,
 --scrape-sets BENCH_SCRAPE_SETS, --scrape-reps BENCH_SCRAPE_REPS, --docs BENCH_DOCS.
 
-Results: bench/results/<UTC time>.json and bench/results/latest.json; docs/benchmarks.md and
-docs/benchmarks.png are regenerated from them (bench/report.py).
+Results: bench/results/<UTC time>.json (the newest by name is the latest; no copies are kept);
+docs/benchmarks.md and docs/benchmarks.png are regenerated from it (bench/report.py).
 """
 
 from __future__ import annotations
@@ -556,21 +557,10 @@ def produce_backlog(bootstrap: str, topic: str, count: int, workdir: Path) -> fl
     return time.monotonic() - began
 
 
-def run_scrape_benchmark(cfg: Config, workdir: Path, profile: str = "llm") -> dict[str, Any]:
+def run_json_module(workdir: Path, module: str, *args: str) -> dict[str, Any]:
+    """`python -m <module> <args>` from the repository; its last stdout line is a JSON object."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.scrape",
-            "--sets",
-            str(cfg.scrape_sets),
-            "--reps",
-            str(cfg.scrape_reps),
-            "--profile",
-            "full",
-            "--metrics-profile",
-            profile,
-        ],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -578,8 +568,22 @@ def run_scrape_benchmark(cfg: Config, workdir: Path, profile: str = "llm") -> di
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     if done.returncode != 0:
-        raise RuntimeError(f"scrape benchmark ({profile}) failed:\n{done.stderr}")
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_decode_benchmark(workdir: Path) -> dict[str, Any]:
+    """bench/decode.py: the share of the mix the fast decoder takes, and each decoder's cost."""
+    return run_json_module(workdir, "bench.decode")
+
+
+def run_scrape_benchmark(cfg: Config, workdir: Path, profile: str = "llm") -> dict[str, Any]:
+    return run_json_module(
+        workdir,
+        "bench.scrape",
+        *("--sets", str(cfg.scrape_sets), "--reps", str(cfg.scrape_reps)),
+        *("--profile", "full", "--metrics-profile", profile),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,6 +630,17 @@ def main(argv: list[str] | None = None) -> int:
         phases["rows_s"] = time.monotonic() - t
         for line in report.profile_lines(report.summarize({"runs": runs})):
             log(line)
+
+        t = time.monotonic()
+        extras["decode"] = run_decode_benchmark(workdir)
+        phases["decode_s"] = time.monotonic() - t
+        log(
+            "decode: the fast path took {:.1%} of the mix, {} µs per event (the model: {})".format(
+                extras["decode"]["fast_path_share"],
+                extras["decode"]["fast_us_per_event"],
+                extras["decode"]["model_us_per_event"],
+            )
+        )
 
         if cfg.scrape_sets > 0:
             t = time.monotonic()
@@ -694,8 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = report.summarize(results)
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2) + "\n"
-    (RESULTS / f"{stamp}.json").write_text(text)
-    (RESULTS / "latest.json").write_text(text)
+    (RESULTS / f"{stamp}.json").write_text(text)  # the newest by name is the latest
     log(f"results in bench/results/{stamp}.json ({phases['total_s'] / 60:.1f} min in all)")
     if cfg.docs:
         report.write_docs(results)
