@@ -497,6 +497,49 @@ def render(
             + "\n"
         )
 
+    compression = results.get("compression")
+    if compression:
+        add("## Compressed scrapes\n")
+        add(
+            "`bench/scrape.py --gzip`: the scrape benchmark's registry (llm profile, every set "
+            "with all token kinds) at two sizes, GET /metrics with and without "
+            "`Accept-Encoding: gzip` (Prometheus always sends it). Bytes are what crossed the "
+            "wire; CPU is the serving process's per scrape (collect, render, compress), median "
+            f"of {compression[0]['identity']['reps']}. Targets: at least 8x fewer bytes, CPU "
+            "within 1.5x.\n"
+        )
+        crow = []
+        for c in compression:
+            plain, packed = c["identity"], c["gzip"]
+            fewer = plain["body_bytes"] / packed["body_bytes"]
+            slower = packed["median_cpu_s"] / plain["median_cpu_s"]
+            crow.append(
+                [
+                    f"{plain['usage_series']:,}",
+                    f"{plain['body_bytes'] / 1e6:.1f} MB",
+                    f"{packed['body_bytes'] / 1e6:.2f} MB",
+                    f"{fewer:.1f}x" + (" (met)" if fewer >= 8 else " (**not met**)"),
+                    f"{plain['median_cpu_s']:.3f} s",
+                    f"{packed['median_cpu_s']:.3f} s",
+                    f"{slower:.2f}x" + (" (met)" if slower <= 1.5 else " (**not met**)"),
+                ]
+            )
+        add(
+            table(
+                [
+                    "series",
+                    "identity",
+                    "gzip",
+                    "fewer bytes",
+                    "CPU identity",
+                    "CPU gzip",
+                    "CPU ratio",
+                ],
+                crow,
+            )
+            + "\n"
+        )
+
     decoding = results.get("decode")
     if decoding:
         add("## Decoding: the fast path\n")

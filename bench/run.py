@@ -19,8 +19,9 @@ in an order rotated per repetition:
   worker_x2  two workers in one group (the scale-out comparison; see --scale-reps)
 
 Then the decoders on the backlog's mix (bench/decode.py: the share the fast path takes), the
-scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both) and the
-end-to-end latency test (bench/latency.py, the llm profile).
+scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both; then with and
+without gzip at 1x and 5x the sets: bytes on the wire and CPU per scrape) and the end-to-end
+latency test (bench/latency.py, the llm profile).
 
 Flags and their variables (`--help` for all): --events BENCH_EVENTS, --slow-events
 BENCH_SLOW_EVENTS, --reps BENCH_REPS, --partitions BENCH_PARTITIONS, --rows BENCH_ROWS (a
@@ -577,12 +578,15 @@ def run_decode_benchmark(workdir: Path) -> dict[str, Any]:
     return run_json_module(workdir, "bench.decode")
 
 
-def run_scrape_benchmark(cfg: Config, workdir: Path, profile: str = "llm") -> dict[str, Any]:
+def run_scrape_benchmark(
+    cfg: Config, workdir: Path, profile: str = "llm", *, sets: int = 0, gzip: bool = False
+) -> dict[str, Any]:
     return run_json_module(
         workdir,
         "bench.scrape",
-        *("--sets", str(cfg.scrape_sets), "--reps", str(cfg.scrape_reps)),
+        *("--sets", str(sets or cfg.scrape_sets), "--reps", str(cfg.scrape_reps)),
         *("--profile", "full", "--metrics-profile", profile),
+        *(("--gzip",) if gzip else ()),
     )
 
 
@@ -657,6 +661,24 @@ def main(argv: list[str] | None = None) -> int:
             extras["scrape"] = by_profile["llm"]
             extras["scrape_profiles"] = by_profile
             phases["scrape_s"] = time.monotonic() - t
+
+            # Compressed scrapes: bytes on the wire and CPU per scrape, with and without gzip,
+            # at the scrape benchmark's size and at five times it (10,008 and 50,040 series).
+            t = time.monotonic()
+            compression = []
+            for sets in (cfg.scrape_sets, 5 * cfg.scrape_sets):
+                plain = run_scrape_benchmark(cfg, workdir, "llm", sets=sets)
+                packed = run_scrape_benchmark(cfg, workdir, "llm", sets=sets, gzip=True)
+                compression.append({"sets": sets, "identity": plain, "gzip": packed})
+                log(
+                    f"gzip at {plain['usage_series']:,} series: {plain['body_bytes']:,} -> "
+                    f"{packed['body_bytes']:,} bytes "
+                    f"({plain['body_bytes'] / packed['body_bytes']:.1f}x fewer), CPU per scrape "
+                    f"{plain['median_cpu_s']:.3f} -> {packed['median_cpu_s']:.3f} s "
+                    f"({packed['median_cpu_s'] / plain['median_cpu_s']:.2f}x)"
+                )
+            extras["compression"] = compression
+            phases["compression_s"] = time.monotonic() - t
 
         if cfg.latency_seconds > 0:
             t = time.monotonic()

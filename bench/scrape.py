@@ -7,7 +7,10 @@ sets, serves it with `consumer.web.server.MetricsServer` on a free loopback port
 HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
 
 `--metrics-profile` is the worker's setting: llm (the seed's eight llm.* instruments, the
-default), genai (the two gen_ai.client.* histograms) or both.
+default), genai (the two gen_ai.client.* histograms) or both. `--gzip` asks for a gzip body, as
+Prometheus does; then `body_bytes` is what crossed the wire and `text_bytes` the text it held.
+`cpu_s` is this process's CPU time per scrape: the server's collect, rendering and compression
+(the client here only reads the bytes).
 
 Two event mixes (`--profile`) of `--sets` events, each its own attribute set (a unique
 `user_tier`):
@@ -23,6 +26,7 @@ Two event mixes (`--profile`) of `--sets` events, each its own attribute set (a 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 import time
@@ -71,6 +75,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--profile", choices=["full", "realistic"], default="full")
     parser.add_argument("--metrics-profile", choices=profile_names(), default="llm")
+    parser.add_argument("--gzip", action="store_true", help="send Accept-Encoding: gzip")
     args = parser.parse_args()
 
     registry = CollectorRegistry(auto_describe=True)
@@ -86,14 +91,22 @@ def main() -> int:
     server = MetricsServer("127.0.0.1", 0, registry, HealthState())
     server.start()
     host, port = server.address
-    durations, size, lines = [], 0, 0
+    headers = {"Accept-Encoding": "gzip"} if args.gzip else {}
+    durations, cpu, size = [], [], 0
     for _ in range(args.reps):
-        began = time.perf_counter()
-        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=300) as resp:
+        request = urllib.request.Request(f"http://{host}:{port}/metrics", headers=headers)
+        began, began_cpu = time.perf_counter(), time.process_time()
+        with urllib.request.urlopen(request, timeout=300) as resp:  # noqa: S310 - our own URL
             body = resp.read()
+            encoding = resp.headers.get("Content-Encoding", "identity")
         durations.append(time.perf_counter() - began)
-        size, lines = len(body), body.count(b"\n")
+        cpu.append(time.process_time() - began_cpu)
+        size = len(body)
     server.stop()
+    assert encoding == ("gzip" if args.gzip else "identity"), encoding
+    if args.gzip:
+        body = gzip.decompress(body)
+    lines = body.count(b"\n")
     # Comment lines start with "#", so a prefix match counts samples only.
     by_profile = {
         name: sum(1 for line in body.splitlines() if line.startswith(SERIES_PREFIXES[name]))
@@ -108,7 +121,11 @@ def main() -> int:
                 "reps": args.reps,
                 "durations_s": durations,
                 "median_s": statistics.median(durations),
+                "gzip": args.gzip,
                 "body_bytes": size,
+                "text_bytes": len(body),
+                "cpu_s": cpu,
+                "median_cpu_s": statistics.median(cpu),
                 "lines": lines,
                 "usage_series": sum(by_profile.values()),
                 "usage_series_by_profile": by_profile,

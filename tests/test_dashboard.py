@@ -5,7 +5,7 @@ One dashboard per metrics profile: `llm-usage.json` reads the `llm` profile's ll
 worker's own rows (usage_consumer_*). Every check runs for each (`DASHBOARDS`).
 
 No broker and no Prometheus: the metric and label names the queries use are checked against the
-exposition of a worker registry built in-process the way `consumer.cli.run_worker` builds it for
+exposition of a worker registry built in-process the way `consumer.app.run_worker` builds it for
 that profile, and every query is parsed as PromQL (promql-parser, a port of Prometheus' own
 parser). The last tests break a dashboard on purpose to show the checks catch it.
 """

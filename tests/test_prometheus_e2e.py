@@ -8,6 +8,7 @@ rebalance moves partitions, and their counts, from one worker's series to the ot
 asks Prometheus's HTTP API:
 
 - every usage counter, summed over the workers, equals the produced totals series by series;
+- Prometheus's scrapes are gzip-compressed (the workers count responses by encoding);
 - every `gen_ai_client_token_usage_sum` by provider, model and token type equals the produced
   tokens, and every duration `_count` the produced requests (errors: those with `error_type`);
 - every series selector the recording and alerting rules read matches series, every recorded
@@ -359,6 +360,15 @@ def test_prometheus_scrapes_workers_and_evaluates_rules_and_dashboard(
         )
         # The genai profile's histograms, from the same events: tokens by type and requests.
         _wait(lambda: _genai_totals(prom, events), 10, "exact genai totals in Prometheus")
+        # Prometheus asks for gzip and gets it: every scrape it made of both workers was gzipped.
+        gzipped = {
+            s["metric"]["instance"]: float(s["value"][1])
+            for s in prom.query(
+                f'usage_consumer_scrape_responses_total{{job="{JOB}",encoding="gzip"}}'
+            )
+        }
+        assert set(gzipped) == {f"127.0.0.1:{w.port}" for w in workers}, gzipped
+        assert min(gzipped.values()) >= 5, gzipped
         # ... though both workers hold series of their own (the sum is what is exact).
         instances = {s["metric"]["instance"] for s in prom.query("llm_request_count_total")}
         assert instances == {f"127.0.0.1:{w.port}" for w in workers}

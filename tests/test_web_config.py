@@ -5,6 +5,7 @@ real registry; real HTTPS clients (http.client with an SSLContext) talk to it.""
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import os
 import socket
@@ -156,10 +157,11 @@ def _get(
     path: str,
     context: ssl.SSLContext,
     auth: tuple[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
     try:
-        headers = {}
+        headers = dict(extra or {})
         if auth is not None:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             headers["Authorization"] = f"Basic {token}"
@@ -188,6 +190,26 @@ def test_correct_credentials_get_the_exposition_and_the_scrape_covers(
     status, _, body = _get(served.port, "/metrics", _trusting(pki), ("prometheus", PASSWORD))
     assert status == 200
     assert parse_exposition(body.decode())[("usage_consumer_scrapes_total", frozenset())] == 1.0
+
+
+def test_a_gzip_scrape_over_tls_with_basic_auth_covers_as_a_plain_one(
+    served: Served, pki: Pki
+) -> None:
+    gzip_encoding = {"Accept-Encoding": "gzip"}
+    status, headers, body = _get(
+        served.port, "/metrics", _trusting(pki), ("prometheus", PASSWORD), gzip_encoding
+    )
+    assert status == 200
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"
+    series = parse_exposition(gzip.decompress(body).decode())
+    assert series[("usage_consumer_messages_consumed_total", frozenset())] == 42.0
+    state = served.ledger.states()[KEY]
+    assert (state.covered, state.committable, state.unscraped_events) == (10, 10, 0)
+    # Without credentials: a 401 that is not compressed, and nothing more is covered.
+    status, headers, _ = _get(served.port, "/metrics", _trusting(pki), None, gzip_encoding)
+    assert status == 401
+    assert "Content-Encoding" not in headers
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ class WorkerMetrics:
     assigned_partitions: Gauge
     consumer_lag: Gauge
     scrapes: Counter
+    scrape_responses: Counter
     backpressure: Gauge
     pauses: Counter
     partition_paused: Gauge
@@ -89,6 +90,13 @@ class WorkerMetrics:
             scrapes=Counter(
                 p + "scrapes",
                 "/metrics responses written completely (each may let offsets advance).",
+                registry=registry,
+            ),
+            scrape_responses=Counter(
+                p + "scrape_responses",
+                "/metrics responses written completely, by content encoding (gzip when the "
+                "scraper accepts it, as Prometheus does; identity otherwise).",
+                ["encoding"],
                 registry=registry,
             ),
             backpressure=Gauge(

@@ -16,8 +16,8 @@ it is written instead of being held whole in memory three times over (lines, tex
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from itertools import chain
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
 
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
@@ -47,6 +47,7 @@ class TextRenderer:
         self._labels: dict[object, str] = {}
         self._le_parts: dict[object, tuple[str, str]] = {}
         self._names: dict[str, str] = {}
+        self._counts: dict[int, str] = {}  # floatToGoString of the small counts buckets hold
         self._max_cached = max_cached
 
     def render(self, registry: Collector) -> bytes:
@@ -104,21 +105,32 @@ class TextRenderer:
         bucket = self._name(family.name + "_bucket")
         count = self._name(family.name + "_count")
         total_name = self._name(family.name + "_sum")
+        counts = self._counts
+        bounds: Sequence[float] | None = None
+        les: list[str] = []
         for values, point in family.rows:
+            if point.explicit_bounds is not bounds:  # one list for all points of an instrument
+                bounds = point.explicit_bounds
+                les = [f"{bound}" for bound in bounds] + ["+Inf"]
             prefix, suffix = self._bucket_parts(keys, values)
-            lines = []
-            running = 0
-            for bound, n in zip(
-                chain(point.explicit_bounds, ("+Inf",)), point.bucket_counts, strict=True
-            ):
-                running += n
-                lines.append(f"{bucket}{prefix}{bound}{suffix} {floatToGoString(running)}\n")  # type: ignore[no-untyped-call]
-            first = point.explicit_bounds[0] if point.explicit_bounds else float("inf")
+            start = bucket + prefix
+            texts = [
+                counts.get(running) or self._count_text(running)
+                for running in accumulate(point.bucket_counts)
+            ]
+            lines = [f"{start}{le}{suffix} {text}\n" for le, text in zip(les, texts, strict=True)]
+            first = bounds[0] if bounds else float("inf")
             if first >= 0:  # prometheus-client drops _count and _sum with negative buckets
                 labels = self._usage_labels(keys, values)
-                lines.append(f"{count}{labels} {floatToGoString(running)}\n")  # type: ignore[no-untyped-call]
+                lines.append(f"{count}{labels} {texts[-1]}\n")
                 lines.append(f"{total_name}{labels} {floatToGoString(point.sum)}\n")  # type: ignore[no-untyped-call]
             yield lines
+
+    def _count_text(self, count: int) -> str:
+        text: str = floatToGoString(count)  # type: ignore[no-untyped-call]
+        if count < 100_000:  # bounded: the common counts only
+            self._counts[count] = text
+        return text
 
     def _usage_labels(self, keys: tuple[str, ...], values: tuple[str, ...]) -> str:
         cache_key = (keys, values)
