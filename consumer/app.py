@@ -27,6 +27,7 @@ from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import LedgerCollector, OffsetLedger
 from consumer.pipeline.pausing import Backpressure, PauseManager
 from consumer.pipeline.rebalance import Rebalancer
+from consumer.pipeline.spread import KeySpread, SpreadCollector
 from consumer.pipeline.worker import Worker
 from consumer.settings import Settings, setting_label
 from consumer.usage.profiles import build_trackers, describe
@@ -65,6 +66,8 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
     registry.register(LedgerCollector(ledger))
+    spread = KeySpread(settings.cardinality_limit)
+    registry.register(SpreadCollector(spread))
     committer = Committer(ledger, metrics)
 
     dead_letters = DeadLetterSink(
@@ -97,6 +100,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             ledger=ledger,
             health=health,
             dead_letters=dead_letters.recent,
+            spread=spread,
             metrics=metrics,
             series=SeriesCounts(registry),
             member_id=lambda: membership.member_id,
@@ -130,6 +134,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             metrics,
             health,
         ),
+        spread=spread,
         batch_size=settings.batch_size,
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,

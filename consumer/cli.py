@@ -28,6 +28,7 @@ from consumer.devtools.demo import run_demo
 from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.errors import ConfigError, UsageConsumerError
 from consumer.kafka import replay
+from consumer.keys.strategies import KEY_STRATEGIES
 from consumer.pipeline.validate import Rejection, decode
 from consumer.settings import ENV_PREFIX, Settings, load_settings
 from schemas import json_schema_text
@@ -141,7 +142,9 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     if args.from_file:
         publisher.send_file(Path(args.from_file))
     else:
-        publisher.send_events(synthetic_events(args.count, args.seed), rate=args.rate)
+        publisher.send_events(
+            synthetic_events(args.count, args.seed), rate=args.rate, key=KEY_STRATEGIES[args.key]
+        )
     remaining = publisher.flush()
     print(f"delivered {publisher.delivered}, failed {len(publisher.failed) + remaining}")
     if publisher.failed:
@@ -217,6 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--from-file", metavar="F.jsonl", help="each line verbatim, one message")
     prod.add_argument("--rate", type=float, default=0.0, help="events per second (0: flat out)")
     prod.add_argument("--seed", type=int, default=0, help="seed of the synthetic mix")
+    prod.add_argument(
+        "--key",
+        choices=list(KEY_STRATEGIES),
+        default="attributes",
+        help="message key of synthetic events: attributes (a hash of the attribute set, so "
+        "each set stays on one partition), event-id or none (default: attributes)",
+    )
     prod.set_defaults(func=_cmd_produce)
 
     val = sub.add_parser("validate", help="check a .jsonl file of events offline")

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from consumer.keys.attributes import attribute_key
 from consumer.pipeline.validate import FastUsageEvent, decode_fast
 from tests.conftest import TopicFactory
 from tests.harness import (
@@ -155,6 +157,27 @@ def _by_model(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [rows[key] for key in sorted(rows)]
 
 
+def _keys_on_topic(
+    bootstrap: str, topic: str
+) -> tuple[dict[bytes, bytes | None], dict[bytes | None, set[int]]]:
+    """Every message's key by its value, and the partitions each key was found on."""
+    ends = end_offsets(bootstrap, topic, PARTITIONS)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": f"keys-{topic}"})
+    keys: dict[bytes, bytes | None] = {}
+    partitions_of: dict[bytes | None, set[int]] = {}
+    try:
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        deadline = time.monotonic() + 60
+        while len(keys) < sum(ends.values()) and time.monotonic() < deadline:
+            for msg in reader.consume(500, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                keys[msg.value() or b""] = msg.key()
+                partitions_of.setdefault(msg.key(), set()).add(int(msg.partition() or 0))
+    finally:
+        reader.close()
+    return keys, partitions_of
+
+
 def test_worker_counts_exactly_what_the_go_producer_delivered(
     go_producer: Path,
     kafka_bootstrap: str,
@@ -179,11 +202,15 @@ def test_worker_counts_exactly_what_the_go_producer_delivered(
     # The mix covers every status, so the error and canceled paths are exercised too.
     assert {e["status"] for e in events} == {"success", "error", "canceled"}
 
-    # Exactly COUNT messages on the topic (no duplicates from retries), keyed by event_id, so
-    # spread over every partition.
+    # Exactly COUNT messages on the topic (no duplicates from retries), spread over every
+    # partition, each keyed by its attribute set exactly as the consumer defines the key (the
+    # Go program computes it itself), and each set on one partition only.
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     assert sum(ends.values()) == COUNT
     assert all(end > 0 for end in ends.values()), ends
+    keys, partitions_of = _keys_on_topic(kafka_bootstrap, topic)
+    assert keys == {line: attribute_key(json.loads(line)) for line in lines}
+    assert all(len(partitions) == 1 for partitions in partitions_of.values())
 
     worker = WorkerProcess(kafka_bootstrap, topic, group_id, tmp_path, "--batch-wait-ms", "50")
     worker.start()

@@ -13,6 +13,7 @@ LAYERS = (
     ("errors", "settings", "logs"),
     ("exposition",),
     ("usage",),
+    ("keys",),
     ("kafka",),
     ("pipeline",),
     ("web",),

@@ -38,6 +38,7 @@ from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import CommitMode, LedgerCollector, OffsetLedger
 from consumer.pipeline.pausing import Backpressure, PauseManager
 from consumer.pipeline.rebalance import Rebalancer
+from consumer.pipeline.spread import KeySpread
 from consumer.pipeline.validate import Reason, Rejection
 from consumer.pipeline.worker import Worker
 from consumer.usage.provider import build_meter_provider
@@ -999,6 +1000,7 @@ def _worker(loop: Loop, tracker: TokenTracker) -> Worker:
         metrics=loop.metrics,
         health=loop.health,
         pauses=loop.pauses,
+        spread=KeySpread(limit=100, every=1),
         batch_size=100,
         batch_wait_s=0.01,
         max_message_bytes=4096,

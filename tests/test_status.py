@@ -26,6 +26,7 @@ from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.pipeline.deadletter import EXAMPLE_VALUE_CHARS, DeadLetter, RecentDeadLetters
 from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import OffsetLedger
+from consumer.pipeline.spread import KeySpread
 from consumer.pipeline.validate import Reason, Rejection, decode
 from consumer.settings import Settings
 from consumer.usage.provider import METER_NAME, build_meter_provider
@@ -132,6 +133,12 @@ def _sources(
     recent.acknowledged(_letter("llm-usage", 1, 0, b"{bad", Reason.INVALID_JSON))
     recent.rejected(_letter("llm-usage", 1, 7, None, Reason.EMPTY), at=1e9 + 1)
     recent.failed(_letter("llm-usage", 1, 7, None, Reason.EMPTY))
+    # Two attribute sets: one arrived on partitions 0 and 1 (keyed otherwise), one on 0 only.
+    spread = KeySpread(limit=10, every=1)
+    spread.observe(
+        [UsageOptions(provider="a"), UsageOptions(provider="b"), UsageOptions(provider="a")],
+        [0, 0, 1],
+    )
     sources = StatusSources(
         settings=settings,
         ledger=ledger,
@@ -139,6 +146,7 @@ def _sources(
         dead_letters=recent,
         metrics=metrics,
         series=SeriesCounts(registry),
+        spread=spread,
         member_id=lambda: "rdkafka-1234",
         tls=True,
         basic_auth=False,
@@ -252,6 +260,7 @@ def test_the_status_builder_reports_every_section_exactly() -> None:
                 },
             ],
         },
+        "keys": {"attribute_sets": 2, "on_several_partitions": 1},
         "cardinality": {
             "limit": 100,
             "age_seconds": 0.0,

@@ -20,6 +20,7 @@ from consumer.app import run_worker, stop_on_signals
 from consumer.devtools import broker
 from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.kafka.topics import ensure_topics
+from consumer.keys.attributes import attribute_key
 from consumer.settings import load_settings
 
 __all__ = ["run_demo"]
@@ -90,7 +91,7 @@ def _demo_producer(bootstrap: str, topic: str, rate: float, stop: threading.Even
             if sent % 100 == 0:
                 publisher.send(b'{"schema_version": 1, "provider": "broken-gateway"}')
             else:
-                publisher.send(json.dumps(event).encode(), key=event["event_id"].encode())
+                publisher.send(json.dumps(event).encode(), key=attribute_key(event))
 
 
 def _demo_monitor(url: str, stop: threading.Event) -> None:

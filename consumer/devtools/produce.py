@@ -17,6 +17,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from consumer.keys.attributes import attribute_key
+from consumer.keys.strategies import KeyStrategy
 from schemas import UsageEventV1
 
 __all__ = ["MIX_FIELDS", "Publisher", "synthetic_events"]
@@ -111,11 +113,21 @@ def synthetic_events(count: int, seed: int = 0) -> Iterator[dict[str, Any]]:
 
 
 class Publisher:
-    """A durable producer (acks=all, idempotent) that counts delivery failures."""
+    """A durable producer (acks=all, idempotent) that counts delivery failures.
+
+    Keys go through murmur2, the Java client's and franz-go's partitioner, rather than
+    librdkafka's CRC32 default: with attribute keys, a set must land on the same partition
+    whichever producer sent it."""
 
     def __init__(self, config: dict[str, Any], topic: str) -> None:
         self._producer = Producer(
-            {**config, "acks": "all", "enable.idempotence": True, "linger.ms": 20}
+            {
+                "partitioner": "murmur2_random",
+                **config,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 20,
+            }
         )
         self._topic = topic
         self.delivered = 0
@@ -136,15 +148,21 @@ class Publisher:
                 self._producer.poll(0.1)
         self._producer.poll(0)
 
-    def send_events(self, events: Iterator[dict[str, Any]], rate: float = 0.0) -> None:
-        """Publish as JSON, keyed by event_id; `rate` > 0 paces to that many per second."""
+    def send_events(
+        self,
+        events: Iterator[dict[str, Any]],
+        rate: float = 0.0,
+        key: KeyStrategy = attribute_key,
+    ) -> None:
+        """Publish as JSON, keyed by `key` (consumer.keys; by default the attribute set);
+        `rate` > 0 paces to that many per second."""
         start = time.monotonic()
         for n, event in enumerate(events):
             if rate > 0:
                 delay = start + n / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            self.send(json.dumps(event).encode(), key=event["event_id"].encode())
+            self.send(json.dumps(event).encode(), key=key(event))
 
     def send_file(self, path: Path) -> None:
         """Each line's bytes unchanged as one message (the newline is not part of it)."""

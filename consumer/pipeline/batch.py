@@ -31,6 +31,7 @@ class PartitionSpan:
 @dataclass
 class Batch:
     events: list[UsageLike] = field(default_factory=list)
+    event_partitions: list[int] = field(default_factory=list)  # the partition of each event
     rejected: list[DeadLetter] = field(default_factory=list)
     spans: dict[PartitionKey, PartitionSpan] = field(default_factory=dict)
     size: int = 0
@@ -54,6 +55,7 @@ def split(messages: list[Message], max_message_bytes: int) -> Batch:
             batch.rejected.append(DeadLetter.of(message, outcome))
         else:
             batch.events.append(outcome)
+            batch.event_partitions.append(key[1])
             span.recorded += 1
             span.last_recorded = offset
     return batch

@@ -23,6 +23,7 @@ from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import OffsetLedger
 from consumer.pipeline.pausing import PauseManager
 from consumer.pipeline.rebalance import Rebalancer
+from consumer.pipeline.spread import KeySpread
 from consumer.usage.record import Recorder
 
 __all__ = ["Worker"]
@@ -41,6 +42,7 @@ class Worker:
     metrics: WorkerMetrics
     health: HealthState
     pauses: PauseManager
+    spread: KeySpread
     batch_size: int
     batch_wait_s: float
     max_message_bytes: int
@@ -69,6 +71,7 @@ class Worker:
     def process(self, messages: list[Message]) -> None:
         batch = split(messages, self.max_message_bytes)
         self.metrics.consumed.inc(batch.size)
+        self.spread.observe(batch.events, batch.event_partitions)
         # Record before the ledger advances: a scrape's snapshot must never run ahead of what
         # its collect will contain.
         self.metrics.recorded.inc(self.recorder.record(batch.events))

@@ -25,6 +25,8 @@ The JSON shape (`status_version` 1; fields are only ever added under the same ve
     dead_letters        topic, rejected, acknowledged, failed (totals), by_reason: [{reason,
                         rejected, acknowledged, failed, examples: [{topic, partition, offset,
                         at, detail, value_prefix, value_bytes}]}] (the last few, oldest first)
+    keys                attribute_sets (seen, in sampled batches), on_several_partitions (0 when
+                        producers key by attribute set: consumer.pipeline.spread)
     cardinality         limit, metrics: [{metric, series, overflow}] per usage metric,
                         age_seconds (counted by a collect at most 5 s old: see SeriesCounts)
     settings            an allow-list of settings (`SHOWN_SETTINGS`): never credentials, never
@@ -51,6 +53,7 @@ from consumer.kafka.source import PartitionKey
 from consumer.pipeline.deadletter import RecentDeadLetters
 from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import OffsetLedger
+from consumer.pipeline.spread import KeySpread
 from consumer.settings import Settings
 from consumer.web.status_html import render_html
 
@@ -93,7 +96,7 @@ SHOWN_SETTINGS = (
 
 @dataclass(frozen=True)
 class StatusSources:
-    """Everything the status is built from, handed in by consumer.cli.run_worker."""
+    """Everything the status is built from, handed in by consumer.app.run_worker."""
 
     settings: Settings
     ledger: OffsetLedger
@@ -101,6 +104,7 @@ class StatusSources:
     dead_letters: RecentDeadLetters
     metrics: WorkerMetrics
     series: SeriesCounts
+    spread: KeySpread | None = None
     member_id: Callable[[], str] = lambda: ""
     tls: bool = False
     basic_auth: bool = False
@@ -265,6 +269,12 @@ def build_status(
             "by_reason": by_reason,
         },
         "cardinality": sources.series.read(monotonic),
+        "keys": {
+            "attribute_sets": sources.spread.sets if sources.spread else 0,
+            "on_several_partitions": (
+                sources.spread.on_several_partitions if sources.spread else 0
+            ),
+        },
         "settings": {name: getattr(settings, name) for name in SHOWN_SETTINGS},
         "links": {
             "metrics": "metrics",

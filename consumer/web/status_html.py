@@ -188,6 +188,19 @@ def render_html(status: dict[str, Any]) -> str:
             "num cardinality",
         )
     )
+    keys = status["keys"]
+    several = keys["on_several_partitions"]
+    parts.append(
+        f'<p class="{"bad" if several else "ok"}">Message keys: {_e(keys["attribute_sets"])} '
+        f"attribute sets seen, {_e(several)} of them on more than one partition"
+        + (
+            " (producers do not key by attribute set: every worker holds nearly every series; "
+            "see docs/producing.md, The message key)"
+            if several
+            else " (keyed by attribute set, or not enough traffic yet to tell)"
+        )
+        + "</p>"
+    )
     parts.append("<h2>Settings</h2>")
     parts.append(_pairs(status["settings"].items()))
     parts.append("</body></html>")

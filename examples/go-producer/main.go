@@ -1,6 +1,6 @@
 // Command go-producer publishes schema-valid LLM usage events to Kafka the way a gateway
-// should (docs/producing.md): durable producer settings, keyed by event_id, one JSON object
-// per message. It prints what was delivered as JSON on stdout, so a test can compare it with
+// should (docs/producing.md): durable producer settings, keyed by attribute set, one JSON
+// object per message. It prints what was delivered as JSON on stdout, so a test can compare it with
 // what the consumer counted.
 package main
 
@@ -32,6 +32,9 @@ func newClient(brokers []string, topic, clientID string) (*kgo.Client, error) {
 		kgo.SeedBrokers(brokers...),
 		kgo.ClientID(clientID),
 		kgo.DefaultProduceTopic(topic),
+		// murmur2 on the key, as the Java client and the consumer's own producer partition:
+		// one attribute set, one partition, whichever producer sent it.
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // acked once every in-sync replica has it
 		// Idempotent writes stay on (the default): a retried batch is written once.
 		// zstd where the brokers support it (Kafka >= 2.1), else lz4: JSON compresses 3-6x.
@@ -162,9 +165,10 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		// Keyed by event_id: the key spreads events evenly over the partitions, and a record the
-		// application sends again lands on the same partition as the first copy.
-		record := &kgo.Record{Key: []byte(e.EventID), Value: value}
+		// Keyed by attribute set: every event of one set lands on one partition, so each worker
+		// of the group holds only its share of the series; a record sent again lands on the
+		// same partition as the first copy.
+		record := &kgo.Record{Key: attributeKey(&e), Value: value}
 		// Produce blocks only when MaxBufferedRecords are waiting: back-pressure for a batch
 		// job like this one. A gateway's request path would call TryProduce instead, which
 		// fails at once with kgo.ErrMaxBuffered rather than stall a user's request.
