@@ -636,10 +636,11 @@ def render(
             "processes started together in one consumer group (cooperative-sticky), each "
             f"scraped every {scrape_interval(results):g} s; the window opens when the first "
             "has partitions. CPU is the "
-            "sum of both; the 2 ÷ 1 ratios compare runs of the same repetition. Each worker "
-            "ends up holding nearly every attribute set, so each serves a scrape as large as "
-            f"the single worker's. On a {m['cores']}-core machine that also runs the broker, a "
-            "second worker can add at most one core's worth.\n"
+            "sum of both; the 2 ÷ 1 ratios compare runs of the same repetition. The backlog is "
+            "keyed by attribute set (`usage-consumer produce`'s default), so each worker holds "
+            "the attribute sets of its own partitions only. On a "
+            f"{m['cores']}-core machine that also runs the broker, a second worker can add at "
+            "most one core's worth.\n"
         )
 
     add("## Where the time goes\n")
