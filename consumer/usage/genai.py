@@ -51,7 +51,6 @@ from consumer.usage.options import (
     UsageLike,
     UsageOptions,
     truncate_utf8,
-    with_token_type,
 )
 
 __all__ = [
@@ -137,7 +136,7 @@ def _error_type(status: Any, error_code: Any) -> str | None:
 
 
 def _duration_attributes(attrs: Attributes, error_type: str | None) -> Attributes:
-    return attrs if error_type is None else with_token_type(attrs, error_type, ERROR_TYPE)
+    return attrs if error_type is None else {**attrs, ERROR_TYPE: error_type}
 
 
 class GenAiTracker:
@@ -173,7 +172,7 @@ class GenAiTracker:
         attrs = GENAI_LABELS.of(opts)
         for (token_type, _field), count in zip(TOKEN_TYPES, _TOKENS(opts), strict=True):
             if count > 0:
-                self._tokens.record(count, with_token_type(attrs, token_type, GEN_AI_TOKEN_TYPE))
+                self._tokens.record(count, {**attrs, GEN_AI_TOKEN_TYPE: token_type})
         if opts.latency_ms >= 0:  # the SDK would drop a negative value, with a warning each time
             error_type = _error_type(opts.status, opts.error_code)
             self._duration.record(opts.latency_ms / 1000, _duration_attributes(attrs, error_type))
@@ -246,7 +245,7 @@ class _SeriesState:
 
     def __init__(self, attrs: Attributes, error_type: str | None, fast: bool) -> None:
         self.token_attributes = tuple(
-            with_token_type(attrs, token_type, GEN_AI_TOKEN_TYPE) for token_type, _ in TOKEN_TYPES
+            {**attrs, GEN_AI_TOKEN_TYPE: token_type} for token_type, _ in TOKEN_TYPES
         )
         self.duration_attributes = _duration_attributes(attrs, error_type)
         self.aggregations: list[Aggregations | None] = [None] * (_SLOTS + 1)

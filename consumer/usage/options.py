@@ -344,7 +344,7 @@ GENAI_LABELS: Final = LabelSet(
 )
 
 
-def with_token_type(attrs: Attributes, token_type: str, key: str = ATTR_TOKEN_TYPE) -> Attributes:
+def with_token_type(attrs: Attributes, token_type: str) -> Attributes:
     extended = dict(attrs)
-    extended[key] = token_type
+    extended[ATTR_TOKEN_TYPE] = token_type
     return extended
