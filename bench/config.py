@@ -36,5 +36,7 @@ class Config:
     # profile are 92 lines each (5 token types x 15 of the token histogram, 17 of the duration
     # one): 38,364; in both, 116 each: 48,372.
     scrape_sets: int = 417
+    # The fleet section: each key choice drains this many events with 1, 2 and 3 workers.
+    fleet_events: int = 100_000
     scrape_reps: int = 5
     docs: bool = True

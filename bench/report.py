@@ -643,6 +643,36 @@ def render(
             "most one core's worth.\n"
         )
 
+    fleet = results.get("fleet")
+    if fleet:
+        add("## The fleet: series across the workers of a group\n")
+        add(
+            f"{fleet['events']:,} synthetic events on a fresh {fleet['partitions']}-partition "
+            "topic, produced once 1, 2 or 3 workers of one fresh group all had partitions, "
+            "keyed by attribute set or by event id (`usage-consumer produce --key`); once "
+            "committed to the end, the usage series (`llm_` lines) of every worker's exposition "
+            "are summed. Target with attribute keys: 3 workers hold at most 1.2x the series of "
+            "one.\n"
+        )
+        frows = []
+        for key in ("attributes", "event-id"):
+            entry = fleet.get(key)
+            if not entry:
+                continue
+            series = {r["workers"]: r for r in entry["rows"]}
+            ratio = entry["ratio_3_to_1"]
+            verdict = ""
+            if key == "attributes" and ratio is not None:
+                verdict = " (met)" if ratio <= 1.2 else " (**not met**)"
+            cells = []
+            for n in (1, 2, 3):
+                row = series.get(n)
+                each = " + ".join(f"{s:,}" for s in row["per_worker"]) if row else ""
+                cells.append(f"{row['series']:,} ({each})" if row else "-")
+            ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
+            frows.append([f"`{key}`", *cells, ratio_text + verdict])
+        add(table(["key", "1 worker", "2 workers", "3 workers", "3 ÷ 1"], frows) + "\n")
+
     add("## Where the time goes\n")
     add(WHERE_START)
     add(where)

@@ -18,16 +18,18 @@ in an order rotated per repetition:
   quix    bench/quix_peer.py: the same job in Quix Streams (its own venv, bench/.venv-quix)
   worker_x2  two workers in one group (the scale-out comparison; see --scale-reps)
 
-Then the decoders on the backlog's mix (bench/decode.py: the share the fast path takes), the
-scrape benchmark (bench/scrape.py, once per metrics profile: llm, genai, both; then with and
-without gzip at 1x and 5x the sets: bytes on the wire and CPU per scrape) and the end-to-end
-latency test (bench/latency.py, the llm profile).
+Then the fleet (run_fleet: usage series summed over 1, 2 and 3 workers of one group, with
+attribute keys and with event-id keys), the decoders on the backlog's mix (bench/decode.py: the
+share the fast path takes), the scrape benchmark (bench/scrape.py, once per metrics profile:
+llm, genai, both; then with and without gzip at 1x and 5x the sets: bytes on the wire and CPU
+per scrape) and the end-to-end latency test (bench/latency.py, the llm profile).
 
 Flags and their variables (`--help` for all): --events BENCH_EVENTS, --slow-events
 BENCH_SLOW_EVENTS, --reps BENCH_REPS, --partitions BENCH_PARTITIONS, --rows BENCH_ROWS (a
 comma-separated subset of raw,worker,worker_genai,worker_both,naive,quix, or none), --scale-reps
 BENCH_SCALE_REPS, --latency-seconds BENCH_LATENCY_SECONDS, --latency-rate BENCH_LATENCY_RATE,
---scrape-sets BENCH_SCRAPE_SETS, --scrape-reps BENCH_SCRAPE_REPS, --docs BENCH_DOCS.
+--scrape-sets BENCH_SCRAPE_SETS, --scrape-reps BENCH_SCRAPE_REPS, --fleet-events
+BENCH_FLEET_EVENTS, --docs BENCH_DOCS.
 
 Results: bench/results/<UTC time>.json (the newest by name is the latest; no copies are kept);
 docs/benchmarks.md and docs/benchmarks.png are regenerated from it (bench/report.py).
@@ -141,6 +143,13 @@ def parse_config(argv: list[str] | None) -> Config:
         "--scrape-reps", type=int, default=int(env.get("BENCH_SCRAPE_REPS", d.scrape_reps))
     )
     p.add_argument(
+        "--fleet-events",
+        type=int,
+        default=int(env.get("BENCH_FLEET_EVENTS", d.fleet_events)),
+        help="events of the fleet section, per key choice and worker count "
+        f"(env BENCH_FLEET_EVENTS; default {d.fleet_events:,}; 0 skips it)",
+    )
+    p.add_argument(
         "--docs",
         type=int,
         choices=[0, 1],
@@ -167,6 +176,7 @@ def parse_config(argv: list[str] | None) -> Config:
         latency_rate=a.latency_rate,
         scrape_sets=a.scrape_sets,
         scrape_reps=a.scrape_reps,
+        fleet_events=a.fleet_events,
         docs=bool(a.docs),
     )
 
@@ -191,6 +201,8 @@ def command_line(cfg: Config) -> str:
         env.append(f"BENCH_SCRAPE_SETS={cfg.scrape_sets}")
     if cfg.scrape_reps != d.scrape_reps:
         env.append(f"BENCH_SCRAPE_REPS={cfg.scrape_reps}")
+    if cfg.fleet_events != d.fleet_events:
+        env.append(f"BENCH_FLEET_EVENTS={cfg.fleet_events}")
     return " ".join([*env, "make bench"])
 
 
@@ -513,6 +525,60 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The fleet: series summed over the workers of one group, by key choice
+
+FLEET_KEYS = ("attributes", "event-id")
+FLEET_WORKERS = (1, 2, 3)
+
+
+def _usage_lines(body: bytes) -> int:
+    """Usage series in an exposition: its `llm_` sample lines (comments start with '#')."""
+    return sum(1 for line in body.splitlines() if line.startswith(b"llm_"))
+
+
+def run_fleet(b: Bench, events: int) -> dict[str, Any]:
+    """For each key choice, N = 1, 2, 3 workers in one fresh group drain `events` synthetic
+    events on a fresh topic with b's partition count; then the usage series of every worker's
+    exposition are summed. The workers are all assigned before the events are produced, so no
+    worker holds sets of partitions it gave away (idle series do not expire)."""
+    out: dict[str, Any] = {"events": events, "partitions": b.cfg.partitions}
+    for key in FLEET_KEYS:
+        rows = []
+        for count in FLEET_WORKERS:
+            topic = f"bench-fleet-{key}-{count}-{uuid.uuid4().hex[:6]}"
+            ensure_topics(b.bootstrap, [topic, f"{topic}.dlq"], partitions=b.cfg.partitions)
+            group = f"bench-fleet-{uuid.uuid4().hex[:8]}"
+            pairs = [b.worker(group, f"fleet-{key}-{count}-{i}", topic) for i in range(count)]
+            procs, urls = [p for p, _ in pairs], [u for _, u in pairs]
+            scraper: Scraper | None = None
+            try:
+                for p in procs:
+                    p.spawn()
+                for url, proc in zip(urls, procs, strict=True):
+                    wait_ready([url], [proc], timeout=120)  # every worker has partitions
+                scraper = Scraper([u + "/metrics" for u in urls], interval=WORKER_SCRAPE_S).start()
+                produce_backlog(b.bootstrap, topic, events, b.workdir, key=key)
+                ends = end_offsets(b.bootstrap, topic, b.cfg.partitions)
+                watch = CommitWatch(b.bootstrap, topic, ends)
+                deadline = time.monotonic() + 120 + events / 500
+                while not watch.complete(group):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"fleet {key} x{count} did not finish")
+                    time.sleep(0.2)
+                per_worker = [_usage_lines(scraper.scrape(u + "/metrics")) for u in urls]
+            finally:
+                if scraper is not None:
+                    scraper.stop()
+                for p in procs:
+                    p.stop()
+            rows.append({"workers": count, "series": sum(per_worker), "per_worker": per_worker})
+            log(f"fleet {key} x{count}: {sum(per_worker):,} usage series ({per_worker})")
+        one = rows[0]["series"]
+        out[key] = {"rows": rows, "ratio_3_to_1": rows[-1]["series"] / one if one else None}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole run
 
 
@@ -531,7 +597,9 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         consumer.close()
 
 
-def produce_backlog(bootstrap: str, topic: str, count: int, workdir: Path) -> float:
+def produce_backlog(
+    bootstrap: str, topic: str, count: int, workdir: Path, key: str = "attributes"
+) -> float:
     began = time.monotonic()
     done = subprocess.run(
         [
@@ -547,6 +615,8 @@ def produce_backlog(bootstrap: str, topic: str, count: int, workdir: Path) -> fl
             str(count),
             "--seed",
             "0",
+            "--key",
+            key,
         ],
         capture_output=True,
         text=True,
@@ -634,6 +704,11 @@ def main(argv: list[str] | None = None) -> int:
         phases["rows_s"] = time.monotonic() - t
         for line in report.profile_lines(report.summarize({"runs": runs})):
             log(line)
+
+        if cfg.fleet_events > 0:
+            t = time.monotonic()
+            extras["fleet"] = run_fleet(b, cfg.fleet_events)
+            phases["fleet_s"] = time.monotonic() - t
 
         t = time.monotonic()
         extras["decode"] = run_decode_benchmark(workdir)

@@ -32,21 +32,18 @@ def spelled_out(*values: str) -> bytes:
     return hashlib.sha256("\x1f".join(values).encode("utf-8")).hexdigest()[:32].encode()
 
 
-def test_the_key_fields_are_every_label_of_every_profile_sorted() -> None:
+def test_the_key_fields_are_the_labels_every_profile_has_sorted() -> None:
     assert ATTRIBUTE_KEY_FIELDS == (
-        "error_code",
         "model",
-        "operation",
         "provider",
         "provider_uuid",
         "request_model",
         "rule_uuid",
         "scenario",
-        "status",
         "streamed",
         "user_tier",
     )
-    assert set(ATTRIBUTE_KEY_FIELDS) == {*LLM_LABELS.fields, *GENAI_LABELS.fields}
+    assert set(ATTRIBUTE_KEY_FIELDS) == set(LLM_LABELS.fields) & set(GENAI_LABELS.fields)
 
 
 @pytest.mark.parametrize(
@@ -54,13 +51,13 @@ def test_the_key_fields_are_every_label_of_every_profile_sorted() -> None:
     [
         (
             {"provider": "openai", "model": "gpt-4o", "status": "success"},
-            ("", "gpt-4o", "chat", "openai", "", "", "", "", "success", "false", ""),
+            ("gpt-4o", "openai", "", "", "", "", "false", ""),
         ),
         (
             {
-                "error_code": "rate_limited",
+                "error_code": "rate_limited",  # not part of the key: no label in every profile
                 "model": "claude-sonnet-4",
-                "operation": "embeddings",
+                "operation": "embeddings",  # nor this one
                 "provider": "anthropic",
                 "provider_uuid": "p-1",
                 "request_model": "claude-sonnet",
@@ -69,26 +66,19 @@ def test_the_key_fields_are_every_label_of_every_profile_sorted() -> None:
                 "status": "error",
                 "streamed": True,
                 "user_tier": "模型",
-                "input_tokens": 5,  # not part of the key
+                "input_tokens": 5,
                 "event_id": "e-1",
             },
             (
-                "rate_limited",
                 "claude-sonnet-4",
-                "embeddings",
                 "anthropic",
                 "p-1",
                 "claude-sonnet",
                 "r-1",
                 "claude_code",
-                "error",
                 "true",
                 "模型",
             ),
-        ),
-        (
-            {"provider": "p", "model": "m", "status": "error", "error_code": "é" * 40},
-            ("é" * 32, "m", "chat", "p", "", "", "", "", "error", "false", ""),
         ),
     ],
 )
@@ -102,8 +92,8 @@ def test_attribute_key_is_exactly_the_definition(
 def test_one_attribute_set_one_key_and_only_the_set_matters() -> None:
     base = {"provider": "openai", "model": "gpt-4o", "status": "success"}
     same = [
-        {**base, "operation": "chat", "streamed": False, "error_code": "", "event_id": "a"},
-        {**base, "input_tokens": 900, "latency_ms": 12, "event_id": "b"},
+        {**base, "operation": "embeddings", "streamed": False, "event_id": "a"},
+        {**base, "status": "error", "error_code": "E", "input_tokens": 900, "event_id": "b"},
     ]
     assert {attribute_key(e) for e in same} == {attribute_key(base)}
     assert attribute_key({**base, "model": "gpt-4.1"}) != attribute_key(base)
@@ -155,8 +145,9 @@ def test_attribute_keys_put_each_set_on_one_partition(
     ends = end_offsets(kafka_bootstrap, topic, PARTITIONS)
     share = max(ends.values()) / (len(events) / PARTITIONS)
     print(f"{len(sets)} attribute sets over {PARTITIONS} partitions: max/mean {share:.2f}")
-    # The synthetic mix's sets are many and small: a hot set would show here.
-    assert share < 1.5, ends
+    # The trade-off of attribute keys, measured: the synthetic mix's busiest partition carries
+    # 1.59x the mean (docs/producing.md); a hot set would push this up.
+    assert share < 2.0, ends
 
 
 @pytest.mark.integration
