@@ -28,33 +28,37 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
-from consumer.usage.options import GENAI_LABELS, LLM_LABELS, Label, truncate_utf8
+from consumer.usage.options import GENAI_LABELS, LLM_LABELS
 from schemas import UsageEventV1
 
 __all__ = ["ATTRIBUTE_KEY_FIELDS", "attribute_key"]
 
-_LABELS: Final[dict[str, Label]] = {
-    label.field: label
-    for label in LLM_LABELS.labels
-    if label.field in GENAI_LABELS.fields  # in every profile
-}
-ATTRIBUTE_KEY_FIELDS: Final[tuple[str, ...]] = tuple(sorted(_LABELS))
+ATTRIBUTE_KEY_FIELDS: Final[tuple[str, ...]] = tuple(
+    sorted(set(LLM_LABELS.fields) & set(GENAI_LABELS.fields))
+)
 """The event fields whose values make the key, in key order (sorted by name)."""
 
+# The definition takes the values as sent: true only while no shared label is cut or defaulted.
+if any(
+    label.default is not None or label.max_bytes is not None
+    for labels in (LLM_LABELS, GENAI_LABELS)
+    for label in labels.labels
+    if label.field in ATTRIBUTE_KEY_FIELDS
+):
+    raise TypeError("a label of the attribute key is cut or defaulted: extend its definition")
+
 _SEPARATOR: Final = "\x1f"
+_DEFAULTS: Final = {name: UsageEventV1.model_fields[name].default for name in ATTRIBUTE_KEY_FIELDS}
 
 
-def _text(name: str, event: Mapping[str, Any]) -> str:
-    value = event.get(name, UsageEventV1.model_fields[name].default)
-    label = _LABELS[name]
+def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = str(value)
-    if not text and label.default is not None:
-        return label.default
-    return truncate_utf8(text, label.max_bytes) if label.max_bytes is not None else text
+    return str(value)
 
 
 def attribute_key(event: Mapping[str, Any]) -> bytes:
-    joined = _SEPARATOR.join(_text(name, event) for name in ATTRIBUTE_KEY_FIELDS)
+    joined = _SEPARATOR.join(
+        _text(event.get(name, _DEFAULTS[name])) for name in ATTRIBUTE_KEY_FIELDS
+    )
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()[:32].encode("ascii")

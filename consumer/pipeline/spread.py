@@ -38,7 +38,7 @@ class KeySpread:
     def observe(self, events: Sequence[UsageLike], partitions: Sequence[int]) -> None:
         """`partitions[i]` is the partition `events[i]` came from."""
         self._batches += 1
-        if self._batches % self._every != 1 and self._every > 1:
+        if (self._batches - 1) % self._every:  # batches 1, 1 + every, 1 + 2 * every, ...
             return
         first = self._first
         for event, partition in zip(events, partitions, strict=True):
