@@ -9,6 +9,7 @@ The broker, in order of preference:
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,20 @@ def topic_factory(admin: AdminClient, request: pytest.FixtureRequest) -> TopicFa
 @pytest.fixture
 def group_id() -> str:
     return f"group-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """Undo any test's logging set-up: a handler left on a captured, since closed stream would
+    print "Logging error" tracebacks into every later test's output."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
