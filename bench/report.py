@@ -540,6 +540,27 @@ def render(
             + "\n"
         )
 
+    if compression and "median_sweep_cpu_s" in compression[0]["identity"]:
+        add("## Idle-series expiry: a sweep against a scrape\n")
+        add(
+            "`bench/scrape.py`, the same registries: CPU of one `series_idle_ttl` sweep (every "
+            "series looked at, none idle), median of the same repetitions, next to one "
+            "uncompressed scrape of that registry. A sweep runs every TTL/10, at most once a "
+            "minute; a scrape every scrape interval.\n"
+        )
+        srow = []
+        for c in compression:
+            plain = c["identity"]
+            srow.append(
+                [
+                    f"{plain['usage_series']:,}",
+                    f"{plain['median_sweep_cpu_s'] * 1000:.1f} ms",
+                    f"{plain['median_cpu_s'] * 1000:.0f} ms",
+                    f"{plain['median_sweep_cpu_s'] / plain['median_cpu_s']:.2f}x",
+                ]
+            )
+        add(table(["series", "sweep CPU", "scrape CPU", "sweep / scrape"], srow) + "\n")
+
     decoding = results.get("decode")
     if decoding:
         add("## Decoding: the fast path\n")

@@ -750,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{packed['body_bytes']:,} bytes "
                     f"({plain['body_bytes'] / packed['body_bytes']:.1f}x fewer), CPU per scrape "
                     f"{plain['median_cpu_s']:.3f} -> {packed['median_cpu_s']:.3f} s "
-                    f"({packed['median_cpu_s'] / plain['median_cpu_s']:.2f}x)"
+                    f"({packed['median_cpu_s'] / plain['median_cpu_s']:.2f}x); an expiry "
+                    f"sweep {plain['median_sweep_cpu_s']:.3f} s "
+                    f"({plain['median_sweep_cpu_s'] / plain['median_cpu_s']:.2f}x a scrape)"
                 )
             extras["compression"] = compression
             phases["compression_s"] = time.monotonic() - t

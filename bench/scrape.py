@@ -10,7 +10,9 @@ HTTP GETs of /metrics (request sent to body fully read). Prints one JSON object.
 default), genai (the two gen_ai.client.* histograms) or both. `--gzip` asks for a gzip body, as
 Prometheus does; then `body_bytes` is what crossed the wire and `text_bytes` the text it held.
 `cpu_s` is this process's CPU time per scrape: the server's collect, rendering and compression
-(the client here only reads the bytes).
+(the client here only reads the bytes). `sweep_cpu_s` is the CPU time of an idle-series expiry
+sweep (`consumer.usage.expiry`) over the same registry, which finds nothing idle: the cost the
+worker pays every TTL/10 with `series_idle_ttl` set, measured side by side with the scrape.
 
 Two event mixes (`--profile`) of `--sets` events, each its own attribute set (a unique
 `user_tier`):
@@ -38,6 +40,7 @@ from bench.common import peak_rss_kib
 from consumer.devtools.produce import synthetic_events
 from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.pipeline.health import HealthState
+from consumer.usage.expiry import SeriesExpiry
 from consumer.usage.options import UsageOptions
 from consumer.usage.profiles import build_trackers, members, profile_names
 from consumer.usage.provider import METER_NAME, build_meter_provider
@@ -103,6 +106,14 @@ def main() -> int:
         cpu.append(time.process_time() - began_cpu)
         size = len(body)
     server.stop()
+    expiry = SeriesExpiry(provider, 3600.0)
+    expiry.sweep(0.0)  # first sight of every series
+    sweeps = []
+    for rep in range(args.reps):
+        began_cpu = time.process_time()
+        sweep = expiry.sweep(float(rep + 1))
+        sweeps.append(time.process_time() - began_cpu)
+        assert not sweep.expired
     assert encoding == ("gzip" if args.gzip else "identity"), encoding
     if args.gzip:
         body = gzip.decompress(body)
@@ -126,6 +137,8 @@ def main() -> int:
                 "text_bytes": len(body),
                 "cpu_s": cpu,
                 "median_cpu_s": statistics.median(cpu),
+                "sweep_cpu_s": sweeps,
+                "median_sweep_cpu_s": statistics.median(sweeps),
                 "lines": lines,
                 "usage_series": sum(by_profile.values()),
                 "usage_series_by_profile": by_profile,

@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 
 from confluent_kafka import Producer
+from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
 from consumer.errors import ConfigError
@@ -30,6 +31,8 @@ from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.spread import KeySpread, SpreadCollector
 from consumer.pipeline.worker import Worker
 from consumer.settings import Settings, setting_label
+from consumer.usage.expiry import VERIFIED_SDK_VERSIONS, SeriesExpiry
+from consumer.usage.expiry import supported as expiry_supported
 from consumer.usage.profiles import build_trackers, describe
 from consumer.usage.provider import METER_NAME, build_meter_provider
 from consumer.usage.record import Recorder
@@ -62,6 +65,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         )
     except KeyError as exc:
         raise ConfigError(setting_label("metrics_profile"), str(exc.args[0])) from None
+    expiry = _series_expiry(settings, meter_provider)
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
@@ -138,6 +142,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         batch_size=settings.batch_size,
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,
+        expiry=expiry,
     )
     server.start()
     host, port = server.address
@@ -155,6 +160,15 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     )
     log.info("commit mode %s: %s", settings.commit_mode, COMMIT_MODES[settings.commit_mode])
     log.info("metrics profile %s: %s", settings.metrics_profile, describe(settings.metrics_profile))
+    if expiry is not None:
+        log.info(
+            "usage series idle for %gs expire (checked every %gs)%s",
+            expiry.ttl_s,
+            expiry.interval_s,
+            ", once a completed scrape has their last value"
+            if settings.commit_mode == "scrape"
+            else "",
+        )
     log.debug("settings: %s", settings.redacted())
     _tune_gc()
     try:
@@ -164,6 +178,18 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         server.stop()
         meter_provider.shutdown()
     return 0
+
+
+def _series_expiry(settings: Settings, provider: MeterProvider) -> SeriesExpiry | None:
+    if not settings.series_idle_ttl:
+        return None
+    if not expiry_supported():
+        raise ConfigError(
+            setting_label("series_idle_ttl"),
+            "idle-series expiry is verified only for opentelemetry-sdk "
+            f"{', '.join(sorted(VERIFIED_SDK_VERSIONS))}; set it to 0 on this SDK",
+        )
+    return SeriesExpiry(provider, settings.series_idle_ttl)
 
 
 def _tune_gc() -> None:

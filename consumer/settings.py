@@ -13,6 +13,7 @@ name (password, CA) are checked here, so a missing one stops start-up naming the
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings", "setting_label"]
+__all__ = ["ENV_PREFIX", "Settings", "load_settings", "parse_duration", "setting_label"]
 
 ENV_PREFIX = "USAGE_CONSUMER_"
 
@@ -109,6 +110,24 @@ def _read_password_file(path: str) -> str:
     return password
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_MAX_TTL_S = 30 * 86400.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus-style duration (`90s`, `30m`, `1h30m`, `250ms`) or a number."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"{text!r} is not a duration: use seconds, or e.g. 90s, 30m, 6h, 1h30m")
+    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+
+
 class Settings(BaseSettings):
     """Everything the worker can be told. Frozen: built once at start-up and handed down."""
 
@@ -162,6 +181,15 @@ class Settings(BaseSettings):
         description=(
             "Attribute sets kept per metric; further sets fold into the "
             'otel_metric_overflow="true" series.'
+        ),
+    )
+    series_idle_ttl: float = Field(
+        default=0.0,
+        description=(
+            "Remove a usage series that got no update for this long (a duration: 90s, 30m, 6h, "
+            "1h30m, or seconds), freeing its cardinality slot; in scrape commit mode only once "
+            "a completed scrape has its last value. A set that comes back starts from zero (a "
+            "counter reset). 0: never."
         ),
     )
     dlq_timeout_ms: int = Field(
@@ -273,6 +301,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CA file {value} holds no PEM certificate ({_PEM_CERTIFICATE.decode()} ... lines)"
             )
+        return value
+
+    @field_validator("series_idle_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("series_idle_ttl")
+    @classmethod
+    def _ttl_range(cls, value: float) -> float:
+        if value != 0 and not 1 <= value <= _MAX_TTL_S:
+            raise ValueError(f"must be 0 (never) or between 1s and 30d, got {value:g}s")
         return value
 
     @field_validator("sasl_password_file")

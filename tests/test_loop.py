@@ -42,6 +42,7 @@ from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.spread import KeySpread
 from consumer.pipeline.validate import Reason, Rejection
 from consumer.pipeline.worker import Worker
+from consumer.usage.expiry import SeriesExpiry
 from consumer.usage.provider import build_meter_provider
 from consumer.usage.record import Recorder
 from consumer.usage.tracker import TokenTracker
@@ -1150,3 +1151,49 @@ def test_worker_step_survives_a_failed_commit_and_retries_it_next_step(
     assert loop.consumer.committed == [[(TOPIC, 0, 2)]]
     assert loop.sample("usage_consumer_commits_total") == 1.0
     assert positions(loop.ledger, P0)[3:] == (2, 2, 0)
+
+
+@pytest.mark.parametrize("mode", ["scrape", "record"])
+def test_worker_expires_idle_series_between_batches_once_a_scrape_has_them(
+    mode: CommitMode,
+) -> None:
+    registry = CollectorRegistry()
+    provider = build_meter_provider(registry, 100)
+    tracker = TokenTracker(provider.get_meter("t"))
+    loop = make_loop(mode, registry=registry)
+    worker = _worker(loop, tracker)
+    worker.expiry = SeriesExpiry(provider, 10.0, interval_s=0.0)
+    loop.source.assign([P0])
+    loop.source.batches.append([msg(0, 0, event(EVENT_A)), msg(0, 1, event(EVENT_B))])
+    worker.step()
+    start = time.monotonic()
+    worker.expire_idle_series(start)  # first sight of both sets
+
+    worker.expire_idle_series(start + 20)  # idle long enough
+    if mode == "scrape":
+        # ... but no scrape has their values yet: they stay.
+        assert loop.sample("llm_request_count_total", **LABELS_A) == 1.0
+        assert loop.sample("usage_consumer_series_expired_total", metric=COUNT) is None
+        loop.scrape()  # taken after the sweep that saw them
+        worker.expire_idle_series(start + 20)
+
+    assert loop.sample("llm_request_count_total", **LABELS_A) is None
+    assert loop.sample("llm_request_count_total", **LABELS_B) is None
+    assert loop.sample("usage_consumer_series_expired_total", metric=COUNT) == 2.0
+    assert loop.sample("usage_consumer_series_expired_total", metric="llm_token_total") == 2.0
+    assert loop.sample("usage_consumer_series_expired_total", metric=ERRORS) == 1.0
+
+    # A set that comes back starts from zero, through the tracker's fast path again.
+    loop.source.batches.append([msg(0, 2, event(EVENT_A, event_id="evt-a2"))])
+    worker.step()
+    loop.source.batches.append([msg(0, 3, event(EVENT_A, event_id="evt-a3"))])
+    worker.step()
+    # (No series has an error code now, so the family has no llm_error_code label.)
+    alone = {k: v for k, v in LABELS_A.items() if k != "llm_error_code"}
+    assert loop.sample("llm_request_count_total", **alone) == 2.0
+    assert loop.sample("usage_consumer_metric_series", metric=COUNT) == 1.0
+    provider.shutdown()
+
+
+COUNT = "llm_request_count_total"
+ERRORS = "llm_request_errors_total"

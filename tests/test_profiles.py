@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, target
+from hypothesis import event as note_event
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -30,6 +31,7 @@ from consumer.cli import main
 from consumer.errors import ConfigError
 from consumer.exposition.text import TextRenderer
 from consumer.settings import load_settings
+from consumer.usage.expiry import SeriesExpiry
 from consumer.usage.genai import DURATION_BUCKETS_S, TOKEN_USAGE_BUCKETS, GenAiTracker
 from consumer.usage.options import UsageOptions
 from consumer.usage.profiles import COMBINATIONS, PROFILES, build_trackers, describe, members
@@ -337,6 +339,43 @@ def test_record_batch_equals_record_usage_under_a_cardinality_limit(
         View(instrument_name=name, aggregation_cardinality_limit=limit) for name in INSTRUMENTS
     ]
     assert_batch_equals_per_event(profile, event_batches, views)
+
+
+# (a batch, then seconds until the sweep after it): idle expiry at TTL 10 s interleaved.
+expiring_steps = st.lists(
+    st.tuples(st.lists(usage_options(), max_size=30), st.sampled_from([0, 4, 10, 25])),
+    max_size=6,
+)
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=expiring_steps, limit=st.sampled_from([None, 1, 2, 4]))
+def test_record_batch_equals_record_usage_with_idle_expiry(
+    profile: str, steps: list[tuple[list[UsageOptions], int]], limit: int | None
+) -> None:
+    """Series expire and come back (with a small limit, sets leave and take overflow slots);
+    the fast path forgets what a sweep removed and stays exactly per-event recording."""
+    views = [
+        View(instrument_name=name, aggregation_cardinality_limit=limit)
+        for name in (INSTRUMENTS if limit is not None else ())
+    ]
+    with recorded(profile, views) as per_event, recorded(profile, views) as batched:
+        expiries = [SeriesExpiry(r.provider, 10.0, interval_s=0.0) for r in (per_event, batched)]
+        now = 0.0
+        removed = 0
+        for batch, wait in steps:
+            per_event.record_usage(batch)
+            batched.record_batch(batch)
+            now += wait
+            sweeps = [expiry.sweep(now) for expiry in expiries]
+            assert sweeps[0].expired == sweeps[1].expired
+            removed += sum(sweeps[1].expired.values())
+            for tracker in batched.trackers:
+                tracker.forget(sweeps[1].stale)
+            assert batched.snapshot() == per_event.snapshot()
+        target(float(removed))  # steer the search towards runs where series do expire
+        note_event("series expired" if removed else "nothing expired")
 
 
 def exposition(profile: str, event_batches: list[list[UsageOptions]], batched: bool) -> bytes:

@@ -103,6 +103,11 @@ def test_settings_are_frozen() -> None:
         ({"security_protocol": "SASL_SSL"}, "sasl_mechanism"),
         ({"nonsense": "1"}, "nonsense"),
         ({"commit_mode": "eventually"}, "--commit-mode"),
+        ({"series_idle_ttl": "5x"}, "--series-idle-ttl"),
+        ({"series_idle_ttl": "1h 30m"}, "'1h 30m' is not a duration"),
+        ({"series_idle_ttl": "0.5"}, "USAGE_CONSUMER_SERIES_IDLE_TTL"),
+        ({"series_idle_ttl": "-1"}, "must be 0 (never) or between 1s and 30d"),
+        ({"series_idle_ttl": "31d"}, "--series-idle-ttl"),
         ({"handover_timeout_ms": "300000"}, "max.poll.interval.ms"),
         (
             {"handover_timeout_ms": "20000", "kafka_options": {"max.poll.interval.ms": "10000"}},
@@ -118,6 +123,25 @@ def test_bad_setting_is_named(overrides: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError, match="invalid setting") as excinfo:
         load_settings(overrides)
     assert named in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("2.5", 2.5),
+        ("30m", 1800.0),
+        ("1h30m", 5400.0),
+        ("6h", 21600.0),
+        ("1d", 86400.0),
+        ("1500ms", 1.5),
+        (" 10m ", 600.0),
+    ],
+)
+def test_series_idle_ttl_takes_a_duration_or_seconds(value: str, seconds: float) -> None:
+    assert load_settings({"series_idle_ttl": value}).series_idle_ttl == seconds
 
 
 def test_secret_never_appears_in_dumps_or_repr() -> None:

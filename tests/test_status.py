@@ -92,6 +92,7 @@ def _settings(**overrides: Any) -> Settings:
         "kafka_options": {"sasl.oauthbearer.config": "secret-kafka-option"},
         "web_config_file": "/etc/secret/web.yml",
         "cardinality_limit": 100,
+        "series_idle_ttl": "10m",
     }
     return Settings(**{**values, **overrides})
 
@@ -111,6 +112,9 @@ def _sources(
     metrics.scrapes.inc(3)
     metrics.consumed.inc(70)
     metrics.recorded.inc(54)
+    # Idle expiry removed 4 request-count series, and every errors series there was.
+    metrics.series_expired.labels("llm_request_count_total").inc(4)
+    metrics.series_expired.labels("llm_request_errors_total").inc(2)
     metrics.consumer_lag.labels("llm-usage", "0").set(12)
     metrics.partition_paused.labels("llm-usage", "0", "backpressure").set(0)
     metrics.partition_paused.labels("llm-usage", "1", "dead_letter").set(1)
@@ -265,10 +269,28 @@ def test_the_status_builder_reports_every_section_exactly() -> None:
             "limit": 100,
             "age_seconds": 0.0,
             "metrics": [
-                {"metric": "llm_request_count_total", "series": 101, "overflow": True},
-                {"metric": "llm_token_total", "series": 101, "overflow": True},
-                {"metric": "llm_token_usage_input_total", "series": 101, "overflow": True},
+                {
+                    "metric": "llm_request_count_total",
+                    "series": 101,
+                    "overflow": True,
+                    "expired": 4,
+                },
+                {
+                    "metric": "llm_request_errors_total",
+                    "series": 0,
+                    "overflow": False,
+                    "expired": 2,
+                },
+                {"metric": "llm_token_total", "series": 101, "overflow": True, "expired": 0},
+                {
+                    "metric": "llm_token_usage_input_total",
+                    "series": 101,
+                    "overflow": True,
+                    "expired": 0,
+                },
             ],
+            "idle_ttl_seconds": 600.0,
+            "expired": 6,
         },
         "settings": {
             "bootstrap_servers": "127.0.0.1:9092",
@@ -282,6 +304,7 @@ def test_the_status_builder_reports_every_section_exactly() -> None:
             "batch_wait_ms": 200,
             "max_message_bytes": 65536,
             "cardinality_limit": 100,
+            "series_idle_ttl": 600.0,
             "dlq_timeout_ms": 30000,
             "max_unscraped_events": 1000000,
             "max_unscraped_age_ms": 300000,

@@ -50,7 +50,7 @@ from opentelemetry.sdk.metrics.export import Histogram as HistogramData
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 
-__all__ = ["FamilyBuilder", "UsageFamily", "UsageReader", "cumulative_buckets"]
+__all__ = ["FamilyBuilder", "UsageFamily", "UsageReader", "cumulative_buckets", "type_line_name"]
 
 _INSTRUMENTS: tuple[type, ...] = (
     Counter,
@@ -148,6 +148,16 @@ def cumulative_buckets(
         total += count
         out.append((f"{bound}", total))
     return out
+
+
+def type_line_name(name: str, unit: str, counter: bool) -> str:
+    """How the text format names an SDK metric on its `# TYPE` line (what dashboards query):
+    `llm.request.count` is `llm_request_count_total`, `llm.request.duration` (ms)
+    `llm_request_duration_milliseconds`."""
+    family = (CounterMetricFamily if counter else HistogramMetricFamily)(
+        sanitize_full_name(name), "", unit=map_unit(unit)
+    )
+    return family.name + ("_total" if counter else "")
 
 
 def label_value(value: Any) -> str:

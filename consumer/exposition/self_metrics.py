@@ -36,6 +36,7 @@ class WorkerMetrics:
     partition_paused: Gauge
     revocations: Counter
     revocation_wait: Histogram
+    series_expired: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -129,6 +130,13 @@ class WorkerMetrics:
                 p + "revocation_wait_seconds",
                 "Time a revocation waited for a scrape to cover its partitions.",
                 buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
+                registry=registry,
+            ),
+            series_expired=Counter(
+                p + "series_expired",
+                "Usage series removed after series_idle_ttl without an update, by metric (as "
+                "on its # TYPE line). A set that comes back starts a new series from zero.",
+                ["metric"],
                 registry=registry,
             ),
         )

@@ -100,6 +100,7 @@ class OffsetLedger:
         self._partitions: dict[PartitionKey, _Progress] = {}
         self._lock = threading.Lock()
         self._covered = threading.Condition(self._lock)
+        self._covered_at = float("-inf")
 
     # --- ownership ------------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class OffsetLedger:
     def cover(self, snapshot: ScrapeSnapshot) -> None:
         """The scrape that took `snapshot` was written completely to a scraper."""
         with self._lock:
+            self._covered_at = max(self._covered_at, snapshot.taken_at)
             for key, (progress, position) in snapshot.positions.items():
                 # A partition revoked (and maybe re-assigned) meanwhile has a new _Progress.
                 if self._partitions.get(key) is not progress or position <= progress.covered:
@@ -178,6 +180,12 @@ class OffsetLedger:
                 while progress.unscraped and progress.unscraped[0][0] <= position:
                     progress.unscraped_count -= progress.unscraped.popleft()[1]
             self._covered.notify_all()
+
+    def covered_at(self) -> float:
+        """When (time.monotonic) the newest completed scrape took its snapshot; -inf before
+        the first. Whatever was recorded before then is in a response a scraper has."""
+        with self._lock:
+            return self._covered_at
 
     def wait_covered(self, keys: Iterable[PartitionKey], timeout: float) -> bool:
         """Block until a scrape covered everything recorded on `keys`, or `timeout` passes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -24,6 +25,7 @@ from consumer.pipeline.ledger import OffsetLedger
 from consumer.pipeline.pausing import PauseManager
 from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.spread import KeySpread
+from consumer.usage.expiry import SeriesExpiry
 from consumer.usage.record import Recorder
 
 __all__ = ["Worker"]
@@ -46,6 +48,7 @@ class Worker:
     batch_size: int
     batch_wait_s: float
     max_message_bytes: int
+    expiry: SeriesExpiry | None = None
 
     def run(self, stop: threading.Event) -> None:
         self.source.subscribe()
@@ -62,6 +65,8 @@ class Worker:
             self.process(messages)
         self.dead_letters.service()
         self.pauses.apply(self.source)
+        if self.expiry is not None:
+            self.expire_idle_series(time.monotonic())
         try:
             self.committer.commit(self.source.consumer)
         except CommitError as exc:
@@ -82,6 +87,24 @@ class Worker:
             self.ledger.advance(key, span.end, span.recorded, span.last_recorded)
         self.metrics.batches.inc()
         self.metrics.batch_size.observe(batch.size)
+
+    def expire_idle_series(self, now: float) -> None:
+        """Between batches, on the recording thread: drop usage series idle for the TTL (in
+        scrape mode only once a completed scrape has their last value)."""
+        expiry = self.expiry
+        if expiry is None or not expiry.due(now):
+            return
+        covered_at = self.ledger.covered_at() if self.ledger.mode == "scrape" else None
+        sweep = expiry.sweep(now, covered_at)
+        self.recorder.forget(sweep.stale)
+        for metric, count in sweep.expired.items():
+            self.metrics.series_expired.labels(metric).inc(count)
+        if sweep.expired:
+            log.info(
+                "expired %d usage series idle for %.0fs or more",
+                sum(sweep.expired.values()),
+                expiry.ttl_s,
+            )
 
     def shutdown(self) -> None:
         """Hand everything over (dead letters, a covering scrape, the commit), then leave."""

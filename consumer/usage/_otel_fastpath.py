@@ -15,13 +15,19 @@ equivalence tests (tests/test_tracker.py) compare this path with per-event `reco
 point by data point and on the exposition text, so an SDK upgrade cannot change numbers silently:
 add a version here only once they pass on it. The project's other private surfaces, with their
 pins and tests, are listed in the README ("Private surfaces").
+
+Idle-series expiry (consumer.usage.expiry) reads and prunes the same tables: `series` lists every
+(table, key, aggregation) of a MeterProvider, `progress` is how much an aggregation has counted
+so far, and `discard` takes one out of its table, under the table's lock as the SDK's `collect`
+iterates it. The SDK then behaves as if the set had never been seen: the next measurement creates
+a fresh series (starting from zero) if the cardinality limit leaves room.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.metrics import Counter, Histogram
@@ -29,10 +35,17 @@ from opentelemetry.metrics import Counter, Histogram
 __all__ = [
     "VERIFIED_SDK_VERSIONS",
     "Aggregations",
+    "Table",
     "add_to_sums",
+    "discard",
+    "is_overflow",
     "merge_into_histograms",
+    "metric_of",
+    "progress",
     "record_into_histograms",
     "resolve",
+    "series",
+    "verified",
 ]
 
 VERIFIED_SDK_VERSIONS = frozenset({"1.45.2"})
@@ -54,6 +67,13 @@ except (ImportError, importlib.metadata.PackageNotFoundError):  # pragma: no cov
 
 # The aggregation objects one measurement of an attribute set updates (one per reader and view).
 Aggregations = tuple[Any, ...]
+# One (reader, view, instrument) table of aggregations by hashed attributes: a _ViewInstrumentMatch.
+Table = Any
+
+
+def verified() -> bool:
+    """Whether the installed SDK is one these private uses were verified on."""
+    return _SDK_VERIFIED
 
 
 def usable(instrument: Counter | Histogram) -> bool:
@@ -128,3 +148,50 @@ def record_into_histograms(aggregations: Aggregations, value: float) -> None:
                 if value > aggregation._max:  # noqa: PLR1730
                     aggregation._max = value
             counts[bisect_left(aggregation._boundaries, value)] += 1
+
+
+def series(provider: Any) -> Iterator[tuple[Table, Any, Any]]:
+    """(table, key, aggregation) for every series `provider` holds, the overflow series
+    included. Only cumulative tables: a delta reader swaps its aggregations out itself."""
+    for storage in provider._measurement_consumer._reader_storages.values():
+        with storage._lock:
+            tables = [m for ms in storage._instrument_view_instrument_matches.values() for m in ms]
+        for table in tables:
+            if table._reset_on_collect:
+                continue
+            with table._lock:  # a snapshot: the worker's thread may add series meanwhile
+                items = list(table._attributes_aggregation.items())
+            for key, aggregation in items:
+                yield table, key, aggregation
+
+
+def metric_of(table: Table) -> tuple[str, str, bool]:
+    """The metric a table feeds: (name, unit, whether it is a counter)."""
+    return table._name, table._instrument.unit or "", isinstance(table._instrument, Counter)
+
+
+def progress(aggregation: Any) -> float:
+    """What `aggregation` has counted since it was created: a sum's total, a histogram's count.
+
+    It grows with every measurement a histogram takes and every non-zero add to a sum, whether or
+    not a collect happened in between (a cumulative collect moves `_value` into `_previous_value`).
+    """
+    with aggregation._lock:
+        value, previous = aggregation._value, aggregation._previous_value
+        if isinstance(aggregation, _SumAggregation):
+            return float((value or 0) + previous)
+        return float(sum(value or ()) + sum(previous or ()))
+
+
+def is_overflow(key: Any) -> bool:
+    return bool(key == _OVERFLOW_KEY)
+
+
+def discard(table: Table, key: Any, aggregation: Any) -> bool:
+    """Take `aggregation` out of `table` (if still there under `key`); the series is gone from
+    the next collect, and its slot counts no more against the cardinality limit."""
+    with table._lock:
+        if table._attributes_aggregation.get(key) is not aggregation:
+            return False
+        del table._attributes_aggregation[key]
+        return True

@@ -16,6 +16,7 @@ add and record stays public.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Final, cast
 
 from opentelemetry.metrics import Counter, Histogram
@@ -172,6 +173,17 @@ class BatchRecorder:
             if pending.latencies:
                 merge_into_histograms(aggregations_of[DURATION], pending.latencies)  # type: ignore[arg-type]
         return count
+
+    def forget(self, stale: AbstractSet[object]) -> None:
+        """Stop updating these aggregations directly (an expiry removed them, or they are an
+        overflow series a set might now leave): the next use of each series goes public again."""
+        if not stale:
+            return
+        for state in self._states.values():
+            for slot, aggregations in enumerate(state.aggregations):
+                if aggregations is not None and not stale.isdisjoint(aggregations):
+                    state.aggregations[slot] = None
+                    state.unresolved[slot] = True
 
     def _series_state(self, raw: LabelKey) -> _SeriesState:
         state = self._states.get(raw)

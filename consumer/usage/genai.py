@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 from opentelemetry.metrics import Histogram, Meter
@@ -210,6 +211,16 @@ class GenAiTracker:
                 else:
                     record(into, o.latency_ms / 1000)
         return len(events)
+
+    def forget(self, stale: AbstractSet[object]) -> None:
+        """Stop updating these SDK aggregations directly (series an idle expiry removed, see
+        consumer.usage.expiry); `record_batch` resolves their sets afresh on next use."""
+        if not stale:
+            return
+        for state in self._by_attributes.values():
+            for slot, aggregations in enumerate(state.aggregations):
+                if aggregations is not None and not stale.isdisjoint(aggregations):
+                    state.aggregations[slot] = None
 
     def _first(self, state: _SeriesState, slot: int, value: float) -> None:
         """A public measurement: it creates the series (or lands in the overflow series); then

@@ -1,7 +1,8 @@
 """Metrics profiles: which instruments one request becomes. One module per profile, one seam.
 
 A profile is a tracker: something built from a Meter that records one request
-(`record_usage`) or a batch of them exactly as per request (`record_batch`). The worker's
+(`record_usage`) or a batch of them exactly as per request (`record_batch`), and forgets the SDK
+aggregations an idle-series expiry removed (`forget`). The worker's
 `metrics_profile` setting names one of `PROFILES`, or a combination of them from
 `COMBINATIONS`; the recorder (consumer.usage.record) hands every batch to each tracker built.
 
@@ -15,6 +16,7 @@ A third profile is one new module with a tracker and one line in `PROFILES`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -39,6 +41,7 @@ __all__ = [
 class ProfileTracker(Protocol):
     def record_usage(self, opts: UsageOptions) -> None: ...
     def record_batch(self, opts: Iterable[UsageLike]) -> int: ...
+    def forget(self, stale: AbstractSet[object]) -> None: ...
 
 
 @dataclass(frozen=True)

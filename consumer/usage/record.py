@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Set as AbstractSet
 from typing import Final
 
 from consumer.usage.options import UsageLike, UsageOptions
@@ -36,3 +37,8 @@ class Recorder:
         for tracker in self._trackers:
             recorded = tracker.record_batch(events)
         return recorded
+
+    def forget(self, stale: AbstractSet[object]) -> None:
+        """Every tracker drops its direct references to these SDK aggregations."""
+        for tracker in self._trackers:
+            tracker.forget(stale)

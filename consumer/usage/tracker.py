@@ -20,6 +20,7 @@ cardinality limit are configured by whoever builds the ``MeterProvider``
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from typing import Final
 
 from opentelemetry.metrics import Counter, Histogram, Meter
@@ -235,3 +236,8 @@ class TokenTracker:
         nothing of that batch reaches the instruments.
         """
         return self._batches.record(opts)
+
+    def forget(self, stale: AbstractSet[object]) -> None:
+        """Stop updating these SDK aggregations directly (series an idle expiry removed, see
+        consumer.usage.expiry); `record_batch` resolves their sets afresh on next use."""
+        self._batches.forget(stale)

@@ -27,8 +27,10 @@ The JSON shape (`status_version` 1; fields are only ever added under the same ve
                         at, detail, value_prefix, value_bytes}]}] (the last few, oldest first)
     keys                attribute_sets (seen, in sampled batches), on_several_partitions (0 when
                         producers key by attribute set: consumer.pipeline.spread)
-    cardinality         limit, metrics: [{metric, series, overflow}] per usage metric,
-                        age_seconds (counted by a collect at most 5 s old: see SeriesCounts)
+    cardinality         limit, metrics: [{metric, series, overflow, expired}] per usage metric
+                        (expired: series removed by series_idle_ttl since start-up),
+                        age_seconds (counted by a collect at most 5 s old: see SeriesCounts),
+                        idle_ttl_seconds (0: series never expire), expired (total)
     settings            an allow-list of settings (`SHOWN_SETTINGS`): never credentials, never
                         kafka_options (free-form, so possibly secret), never file paths
     links               relative URLs of metrics, status, healthz, readyz
@@ -82,6 +84,7 @@ SHOWN_SETTINGS = (
     "batch_wait_ms",
     "max_message_bytes",
     "cardinality_limit",
+    "series_idle_ttl",
     "dlq_timeout_ms",
     "max_unscraped_events",
     "max_unscraped_age_ms",
@@ -128,6 +131,11 @@ def _worker_numbers(metrics: WorkerMetrics) -> dict[str, Any]:
             if sample.value == 1:
                 key = (sample.labels["topic"], int(sample.labels["partition"]))
                 paused[key] = sample.labels["reason"]
+    expired: dict[str, int] = {}
+    for family in metrics.series_expired.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                expired[sample.labels["metric"]] = int(sample.value)
     totals = {}
     for name, counter in (
         ("scrapes", metrics.scrapes),
@@ -137,7 +145,7 @@ def _worker_numbers(metrics: WorkerMetrics) -> dict[str, Any]:
         totals[name] = int(
             next(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
         )
-    return {"lag": lag, "paused": paused, "totals": totals}
+    return {"lag": lag, "paused": paused, "totals": totals, "expired": expired}
 
 
 class SeriesCounts:
@@ -268,7 +276,9 @@ def build_status(
             "failed": sum(r["failed"] for r in by_reason),
             "by_reason": by_reason,
         },
-        "cardinality": sources.series.read(monotonic),
+        "cardinality": _cardinality(
+            sources.series.read(monotonic), numbers["expired"], settings.series_idle_ttl
+        ),
         "keys": {
             "attribute_sets": sources.spread.sets if sources.spread else 0,
             "on_several_partitions": (
@@ -282,6 +292,22 @@ def build_status(
             "healthz": "healthz",
             "readyz": "readyz",
         },
+    }
+
+
+def _cardinality(counts: dict[str, Any], expired: dict[str, int], ttl: float) -> dict[str, Any]:
+    """Series counts with what idle expiry removed, per metric (a metric all of whose series
+    expired still has its row, with 0 series)."""
+    rows = {m["metric"]: {**m, "expired": expired.get(m["metric"], 0)} for m in counts["metrics"]}
+    for metric, count in expired.items():
+        rows.setdefault(
+            metric, {"metric": metric, "series": 0, "overflow": False, "expired": count}
+        )
+    return {
+        **counts,
+        "metrics": [rows[m] for m in sorted(rows)],
+        "idle_ttl_seconds": ttl,
+        "expired": sum(expired.values()),
     }
 
 

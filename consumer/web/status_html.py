@@ -180,13 +180,20 @@ def render_html(status: dict[str, Any]) -> str:
     )
     parts.append(
         _table(
-            ["metric", "series", "overflow"],
+            ["metric", "series", "overflow", "expired"],
             (
-                [m["metric"], m["series"], "OVERFLOW" if m["overflow"] else "no"]
+                [m["metric"], m["series"], "OVERFLOW" if m["overflow"] else "no", m["expired"]]
                 for m in cardinality["metrics"]
             ),
             "num cardinality",
         )
+    )
+    ttl = cardinality["idle_ttl_seconds"]
+    parts.append(
+        f"<p>Idle series expire after {_e(f'{ttl:g}')} s without an update "
+        f"({_e(cardinality['expired'])} expired so far)</p>"
+        if ttl
+        else "<p>Idle series never expire (series_idle_ttl is 0)</p>"
     )
     keys = status["keys"]
     several = keys["on_several_partitions"]
