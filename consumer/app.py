@@ -34,7 +34,7 @@ from consumer.settings import Settings, setting_label
 from consumer.usage.expiry import VERIFIED_SDK_VERSIONS, SeriesExpiry
 from consumer.usage.expiry import supported as expiry_supported
 from consumer.usage.profiles import build_trackers, describe
-from consumer.usage.provider import METER_NAME, build_meter_provider
+from consumer.usage.provider import METER_NAME, build_usage
 from consumer.usage.record import Recorder
 from consumer.web.server import MetricsServer
 from consumer.web.status import SeriesCounts, StatusPage, StatusSources
@@ -56,7 +56,10 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     # First: a bad web configuration or profile must stop start-up before anything joins.
     web = load_web_config(settings.web_config_file) if settings.web_config_file else None
     registry = CollectorRegistry(auto_describe=True)
-    meter_provider = build_meter_provider(registry, settings.cardinality_limit)
+    meter_provider, usage_reader = build_usage(registry, settings.cardinality_limit)
+    # The worker records a batch and advances the ledger under it; a scrape snapshots the
+    # ledger and collects the SDK under it (consumer.pipeline.commit).
+    record_gate = threading.Lock()
     try:
         trackers = build_trackers(
             settings.metrics_profile,
@@ -117,7 +120,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         settings.metrics_port,
         registry,
         health,
-        ScrapeAcknowledger(ledger, metrics),
+        ScrapeAcknowledger(ledger, metrics, gate=record_gate, reader=usage_reader),
         status=status,
         web=web,
         responses=metrics.scrape_responses,
@@ -143,6 +146,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,
         expiry=expiry,
+        record_gate=record_gate,
     )
     server.start()
     host, port = server.address

@@ -29,6 +29,7 @@ from confluent_kafka import (
 from prometheus_client import CollectorRegistry, generate_latest
 
 from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.exposition.text import TextRenderer
 from consumer.kafka.source import KafkaSource, PartitionKey
 from consumer.pipeline import deadletter as deadletter_module
 from consumer.pipeline import ledger as ledger_module
@@ -36,14 +37,14 @@ from consumer.pipeline.batch import PartitionSpan, split
 from consumer.pipeline.commit import Committer, ScrapeAcknowledger
 from consumer.pipeline.deadletter import TRUNCATED_VALUE_BYTES, DeadLetter, DeadLetterSink
 from consumer.pipeline.health import HealthState
-from consumer.pipeline.ledger import CommitMode, LedgerCollector, OffsetLedger
+from consumer.pipeline.ledger import CommitMode, LedgerCollector, OffsetLedger, ScrapeSnapshot
 from consumer.pipeline.pausing import Backpressure, PauseManager
 from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.spread import KeySpread
 from consumer.pipeline.validate import Reason, Rejection
 from consumer.pipeline.worker import Worker
 from consumer.usage.expiry import SeriesExpiry
-from consumer.usage.provider import build_meter_provider
+from consumer.usage.provider import build_meter_provider, build_usage
 from consumer.usage.record import Recorder
 from consumer.usage.tracker import TokenTracker
 
@@ -1197,3 +1198,52 @@ def test_worker_expires_idle_series_between_batches_once_a_scrape_has_them(
 
 COUNT = "llm_request_count_total"
 ERRORS = "llm_request_errors_total"
+
+
+def test_a_scrape_holds_exactly_the_events_its_snapshot_covers_while_the_worker_records() -> None:
+    """The collect window: a scrape snapshots the ledger and collects the SDK under the record
+    gate, so the requests in its response are exactly the offsets it covers, however the
+    worker's batches and the scrapes interleave (without the gate, a batch recorded between the
+    snapshot and the collect is in the response but not covered, and replayed after a crash)."""
+    registry = CollectorRegistry()
+    provider, reader = build_usage(registry, 100)
+    tracker = TokenTracker(provider.get_meter("t"))
+    loop = make_loop("scrape", registry=registry)
+    worker = _worker(loop, tracker)
+    loop.source.assign([P0])
+    acknowledger = ScrapeAcknowledger(
+        loop.ledger, loop.metrics, gate=worker.record_gate, reader=reader
+    )
+    batches, size = 300, 20
+    done = threading.Event()
+
+    def record() -> None:
+        for b in range(batches):
+            offsets = range(b * size, (b + 1) * size)
+            worker.process(
+                [msg(0, o, event(EVENT_A, event_id=f"e{o}")) for o in offsets]
+            )
+        done.set()
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    renderer = TextRenderer()
+    seen: list[tuple[int, float]] = []
+    while not done.is_set() or not seen:
+        token = acknowledger.before_collect()
+        text = renderer.render(registry).decode()
+        acknowledger.after_response(token)
+        assert isinstance(token, ScrapeSnapshot)
+        covered = token.positions[P0][1] if P0 in token.positions else -1
+        requests = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("llm_request_count_total{")
+        )
+        seen.append((covered, requests))
+    recorder.join()
+    assert all(requests == max(covered, 0) for covered, requests in seen), [
+        s for s in seen if s[1] != max(s[0], 0)
+    ][:5]
+    assert len(seen) >= 3  # the scrapes did interleave with the batches
+    provider.shutdown()

@@ -72,11 +72,24 @@ class UsageReader(MetricReader):
     def __init__(self, cardinality_limits: CardinalityLimits | None = None) -> None:
         super().__init__(preferred_temporality=_CUMULATIVE, cardinality_limits=cardinality_limits)
         self._latest: MetricsData | None = None
+        self._prepared: tuple[MetricsData | None] | None = None
         self._shut_down = False
 
+    def prepare(self) -> None:
+        """Collect now and keep the result for the next `read`: a scrape collects while the
+        worker's recording is held back (so the response holds exactly what its offset snapshot
+        says) and renders after letting it go."""
+        self._prepared = (self._collect_now(),)
+
     def read(self) -> MetricsData | None:
-        """Collect now; None before anything was recorded, or once shut down (as the exporter,
-        which then leaves its registry)."""
+        """What `prepare` collected, else collect now; None before anything was recorded, or
+        once shut down (as the exporter, which then leaves its registry)."""
+        if self._prepared is not None:
+            (data,), self._prepared = self._prepared, None
+            return data
+        return self._collect_now()
+
+    def _collect_now(self) -> MetricsData | None:
         if self._shut_down:
             return None
         self._latest = None

@@ -3,16 +3,25 @@
 `Committer` commits the ledger's committable positions (consumer.pipeline.ledger says which)
 synchronously, with explicit offsets. `ScrapeAcknowledger` is the /metrics server's observer: it
 snapshots the ledger before a collect and covers that snapshot once the response is written.
+
+The snapshot and the SDK's collect happen under the *record gate*, the lock the worker holds while
+it records a batch and advances the ledger for it. So a response contains exactly the events
+before its snapshot's positions: none recorded after the snapshot slips into the collect (scraped
+but not covered, so replayed and counted twice after a crash). Only the collect is held under
+the gate; rendering and sending the text happen after the worker may record again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
+from contextlib import AbstractContextManager
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from consumer.errors import CommitError
+from consumer.exposition.reader import UsageReader
 from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.kafka.source import PartitionKey
 from consumer.pipeline.ledger import OffsetLedger, ScrapeSnapshot
@@ -25,12 +34,25 @@ log = logging.getLogger(__name__)
 class ScrapeAcknowledger:
     """The /metrics server's observer: snapshot before collecting, cover after sending."""
 
-    def __init__(self, ledger: OffsetLedger, metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        ledger: OffsetLedger,
+        metrics: WorkerMetrics,
+        *,
+        gate: AbstractContextManager[object] | None = None,
+        reader: UsageReader | None = None,
+    ) -> None:
         self._ledger = ledger
         self._metrics = metrics
+        self._gate = gate if gate is not None else threading.Lock()
+        self._reader = reader
 
     def before_collect(self) -> object:
-        return self._ledger.snapshot()
+        with self._gate:
+            snapshot = self._ledger.snapshot()
+            if self._reader is not None:
+                self._reader.prepare()
+        return snapshot
 
     def after_response(self, token: object) -> None:
         assert isinstance(token, ScrapeSnapshot)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
@@ -49,6 +50,9 @@ class Worker:
     batch_wait_s: float
     max_message_bytes: int
     expiry: SeriesExpiry | None = None
+    # Held while a batch is recorded and the ledger advanced; a scrape's snapshot and collect
+    # take it too (consumer.pipeline.commit.ScrapeAcknowledger).
+    record_gate: AbstractContextManager[object] = field(default_factory=threading.Lock)
 
     def run(self, stop: threading.Event) -> None:
         self.source.subscribe()
@@ -77,14 +81,16 @@ class Worker:
         batch = split(messages, self.max_message_bytes)
         self.metrics.consumed.inc(batch.size)
         self.spread.observe(batch.events, batch.event_partitions)
-        # Record before the ledger advances: a scrape's snapshot must never run ahead of what
-        # its collect will contain.
-        self.metrics.recorded.inc(self.recorder.record(batch.events))
         for letter in batch.rejected:
             self.metrics.rejected.labels(letter.rejection.reason.value).inc()
             self.dead_letters.send(letter)  # holds its offset until the broker acknowledges
-        for key, span in batch.spans.items():
-            self.ledger.advance(key, span.end, span.recorded, span.last_recorded)
+        # Record and advance as one step for a scrape: its snapshot and collect see both or
+        # neither.
+        with self.record_gate:
+            recorded = self.recorder.record(batch.events)
+            for key, span in batch.spans.items():
+                self.ledger.advance(key, span.end, span.recorded, span.last_recorded)
+        self.metrics.recorded.inc(recorded)
         self.metrics.batches.inc()
         self.metrics.batch_size.observe(batch.size)
 
