@@ -16,16 +16,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# Only what the wheel is made of (.dockerignore keeps the rest of the context out).
+
+# A venv without pip: the runtime image gets the project and its [project.dependencies] only,
+# not the test/bench extras and not the installer. The dependencies are the runtime lock's
+# (`make lock`), hash-checked, in a layer of their own that only a lock change rebuilds.
+COPY requirements.lock ./
+RUN python -m venv --without-pip /opt/venv \
+    && python -m pip --python /opt/venv/bin/python install --require-hashes -r requirements.lock
+
+# Then the project, without dependencies: only what the wheel is made of (.dockerignore keeps
+# the rest of the context out).
 COPY pyproject.toml README.md ./
 COPY consumer/ consumer/
 COPY schemas/ schemas/
-
-# A venv without pip: the runtime image gets the project and its [project.dependencies] only,
-# not the test/bench extras and not the installer.
-RUN python -m venv --without-pip /opt/venv \
-    && python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
-    && python -m pip --python /opt/venv/bin/python install /tmp/wheels/*.whl \
+RUN python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
+    && python -m pip --python /opt/venv/bin/python install --no-deps /tmp/wheels/*.whl \
     && /opt/venv/bin/python -c "import consumer, schemas; print('installed', consumer.__name__)"
 
 

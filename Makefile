@@ -4,20 +4,46 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The locks (`make lock` writes them, from pyproject.toml): the runtime dependencies (the image
+# installs these) and the runtime plus the test extra (`make venv` installs these), every pin with
+# its sha256 hashes. uv resolves them, for Python 3.11 on Linux x86_64 (glibc 2.36 or newer: this
+# machine, CI, the image's base); it is needed only to refresh the locks, never to install them.
+LOCK := requirements.lock
+TEST_LOCK := requirements-test.lock
+UV_VERSION := 0.13.9
+LOCK_FLAGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_36
 
 .DEFAULT_GOAL := help
-.PHONY: help venv jars prometheus chromium run test chaos bench test-unit lint format schema dashboard broker-start broker-stop clean
+.PHONY: help venv lock jars prometheus chromium run test chaos bench test-unit lint format schema dashboard broker-start broker-stop clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-venv: $(STAMP) ## create .venv and install the project (editable, with test extras)
+venv: $(STAMP) ## create .venv: the locked dependencies (requirements-test.lock), then the project (editable)
 
-$(STAMP): pyproject.toml
+# Hash-checked: every package at its locked version or no install. The project itself comes
+# after, without dependencies (an editable install has no hash to check).
+$(STAMP): pyproject.toml $(TEST_LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# The test lock first, then the runtime lock constrained by it, so both pin the same versions.
+# A pin that still satisfies pyproject.toml stays (add a dependency, and only it and what it
+# needs move); UPGRADE=1 re-resolves every pin to the newest allowed.
+lock: ## refresh requirements.lock and requirements-test.lock from pyproject.toml (UPGRADE=1: newest allowed)
+	@set -e; tool=$$(mktemp -d); trap 'rm -rf "$$tool"' EXIT; \
+	$(PYTHON) -m venv "$$tool"; \
+	"$$tool/bin/python" -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION); \
+	export UV_CUSTOM_COMPILE_COMMAND="make lock"; \
+	"$$tool/bin/uv" pip compile --quiet pyproject.toml --extra test $(LOCK_FLAGS) \
+		$(if $(UPGRADE),--upgrade) -o $(TEST_LOCK); \
+	"$$tool/bin/uv" pip compile --quiet pyproject.toml -c $(TEST_LOCK) $(LOCK_FLAGS) \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK); \
+	echo "locked: $$(grep -c '^[a-z0-9]' $(LOCK)) runtime packages in $(LOCK)," \
+		"$$(grep -c '^[a-z0-9]' $(TEST_LOCK)) with the test extra in $(TEST_LOCK)"
 
 jars: venv ## download the Kafka broker jars into the cache (first run only)
 	$(BIN)/python -c "from consumer.devtools.broker import ensure_jars; print('broker jars:', ensure_jars())"

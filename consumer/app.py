@@ -11,9 +11,12 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +25,7 @@ from consumer.exposition.self_metrics import WorkerMetrics
 from consumer.kafka.membership import Membership
 from consumer.kafka.refusals import ClientIdentity
 from consumer.kafka.source import KafkaSource
+from consumer.kafka.topics import check_topics, create_topics
 from consumer.pipeline.commit import Committer, ScrapeAcknowledger
 from consumer.pipeline.deadletter import DeadLetterSink
 from consumer.pipeline.health import HealthState
@@ -69,6 +73,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     except KeyError as exc:
         raise ConfigError(setting_label("metrics_profile"), str(exc.args[0])) from None
     expiry = _series_expiry(settings, meter_provider)
+    _topics_in_place(settings)
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
@@ -77,8 +82,10 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     registry.register(SpreadCollector(spread))
     committer = Committer(ledger, metrics)
 
+    with _kafka_options_checked():
+        dlq_producer = Producer(settings.producer_config())
     dead_letters = DeadLetterSink(
-        Producer(settings.producer_config()),
+        dlq_producer,
         settings.dead_letter_topic,
         ledger,
         metrics,
@@ -100,7 +107,8 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             metrics.consumer_lag.labels(topic, str(partition)).set(value)
 
     membership = Membership(rebalancer)
-    source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
+    with _kafka_options_checked():
+        source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
     status = StatusPage(
         StatusSources(
             settings=settings,
@@ -115,9 +123,8 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             basic_auth=web is not None and bool(web.users),
         )
     )
-    server = MetricsServer(
-        settings.metrics_host,
-        settings.metrics_port,
+    server = _listening(
+        settings,
         registry,
         health,
         ScrapeAcknowledger(ledger, metrics, gate=record_gate, reader=usage_reader),
@@ -146,6 +153,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         batch_wait_s=settings.batch_wait_ms / 1000,
         max_message_bytes=settings.max_message_bytes,
         expiry=expiry,
+        unknown_fields=settings.unknown_fields,
         record_gate=record_gate,
     )
     server.start()
@@ -182,6 +190,41 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         server.stop()
         meter_provider.shutdown()
     return 0
+
+
+def _topics_in_place(settings: Settings) -> None:
+    """Before joining: the topic and the DLQ must exist (or be created, with create_topics);
+    otherwise one line naming them and the command that creates them, within 10 s."""
+    if not settings.create_topics:
+        check_topics(settings.admin_config(), settings.topic, settings.dead_letter_topic)
+        return
+    for outcome in create_topics(
+        settings.admin_config(), settings.topic, settings.dead_letter_topic
+    ):
+        log.info("%s", outcome.line)
+        if outcome.warning:
+            log.warning("%s", outcome.warning)
+
+
+def _listening(settings: Settings, *args: Any, **kwargs: Any) -> MetricsServer:
+    """The metrics server, bound; a port in use is a bad setting, not a crash."""
+    try:
+        return MetricsServer(settings.metrics_host, settings.metrics_port, *args, **kwargs)
+    except OSError as exc:
+        raise ConfigError(
+            setting_label("metrics_port"),
+            f"cannot listen on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror} "
+            "(another worker on this host? give each its own port)",
+        ) from None
+
+
+@contextmanager
+def _kafka_options_checked() -> Iterator[None]:
+    """librdkafka refuses an unknown or invalid property when the client is built."""
+    try:
+        yield
+    except KafkaException as exc:
+        raise ConfigError(setting_label("kafka_options"), str(exc.args[0].str())) from None
 
 
 def _series_expiry(settings: Settings, provider: MeterProvider) -> SeriesExpiry | None:

@@ -2,9 +2,11 @@
 
 usage-consumer run                      the worker
 usage-consumer demo                     local broker + demo producer + worker (`make run`)
+usage-consumer topics create|describe   the topic and its dead-letter topic
+usage-consumer dlq summary|show|redrive dead letters: counts, contents, republishing
 usage-consumer broker start|stop        the embedded single-node Kafka broker
 usage-consumer produce                  synthetic events, or a .jsonl file verbatim
-usage-consumer validate F.jsonl         check events offline
+usage-consumer validate FILE|- ...      check events offline (JSON lines or one document)
 usage-consumer schema                   print the event JSON Schema
 """
 
@@ -24,12 +26,12 @@ from confluent_kafka.admin import AdminClient
 from consumer import logs
 from consumer.app import run_worker, stop_on_signals
 from consumer.devtools import broker
+from consumer.devtools.check import check_inputs
 from consumer.devtools.demo import run_demo
 from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.errors import ConfigError, UsageConsumerError
-from consumer.kafka import replay
+from consumer.kafka import dlq, replay, topics
 from consumer.keys.strategies import KEY_STRATEGIES
-from consumer.pipeline.validate import Rejection, decode
 from consumer.settings import ENV_PREFIX, Settings, load_settings
 from schemas import json_schema_text
 from schemas.usage_event import parse_rfc3339
@@ -105,18 +107,64 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         settings.group_id,
         settings.topic,
         sys.stdout,
-        _confirmer(args.yes),
+        _confirmer(args.yes, "reset"),
         from_timestamp_ms=since_ms,
         from_offset=args.from_offset,
+        dead_letter_topic=settings.dead_letter_topic,
+        consumer_config=settings.consumer_config(),
     )
 
 
-def _confirmer(yes: bool) -> Callable[[str], bool]:
+def _cmd_topics(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    logs.configure(settings.log_level, settings.log_format)
+    if args.action == "describe":
+        return topics.describe_command(settings)
+    return topics.create_command(
+        settings,
+        partitions=args.partitions,
+        dlq_partitions=args.dlq_partitions,
+        replication_factor=args.replication_factor,
+    )
+
+
+def _cmd_dlq(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    logs.configure(settings.log_level, settings.log_format)
+    filters = dlq.Filters.of(args.reason, args.partition, args.offset)
+    if args.action == "summary":
+        return dlq.summary(
+            settings.consumer_config(),
+            settings.dead_letter_topic,
+            sys.stdout,
+            filters=filters,
+            by_partition=args.by_partition,
+        )
+    if args.action == "show":
+        return dlq.show(
+            settings.consumer_config(),
+            settings.dead_letter_topic,
+            sys.stdout,
+            filters=filters,
+            limit=args.limit or None,
+            max_bytes=args.max_bytes,
+        )
+    return dlq.redrive(
+        settings.consumer_config(),
+        settings.producer_config(),
+        settings.dead_letter_topic,
+        sys.stdout,
+        _confirmer(args.yes, "republish"),
+        filters=filters,
+    )
+
+
+def _confirmer(yes: bool, verb: str) -> Callable[[str], bool]:
     def confirm(question: str) -> bool:
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageConsumerError("not a terminal to confirm on: pass --yes to reset")
+            raise UsageConsumerError(f"not a terminal to confirm on: pass --yes to {verb}")
         return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
 
     return confirm
@@ -137,7 +185,12 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
-    config: dict[str, Any] = {"bootstrap.servers": args.bootstrap_servers}
+    config: dict[str, Any] = {
+        "bootstrap.servers": args.bootstrap_servers,
+        "logger": logging.getLogger(logs.KAFKA_LOGGER),
+    }
+    if args.from_file and not Path(args.from_file).is_file():
+        raise UsageConsumerError(f"produce: --from-file {args.from_file}: no such file")
     publisher = Publisher(config, args.topic)
     if args.from_file:
         publisher.send_file(Path(args.from_file))
@@ -153,16 +206,10 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    invalid = total = 0
-    with Path(args.file).open("rb") as lines:
-        for number, line in enumerate(lines, start=1):
-            total += 1
-            outcome = decode(line.removesuffix(b"\n"), args.max_message_bytes)
-            if isinstance(outcome, Rejection):
-                invalid += 1
-                print(f"line {number}: {outcome.reason.value}: {outcome.detail}")
-    print(f"{total - invalid} valid, {invalid} invalid", file=sys.stderr)
-    return 1 if invalid else 0
+    result = check_inputs(
+        args.files, args.max_message_bytes, args.unknown_fields, out=sys.stdout, err=sys.stderr
+    )
+    return 1 if result.invalid else 0
 
 
 def _cmd_schema(_args: argparse.Namespace) -> int:
@@ -206,6 +253,37 @@ def _parser() -> argparse.ArgumentParser:
     _settings_flags(rep)
     rep.set_defaults(func=_cmd_replay)
 
+    top = sub.add_parser(
+        "topics", help="create the topic and its dead-letter topic, or describe them"
+    )
+    top.add_argument("action", choices=["create", "describe"])
+    top.add_argument("--partitions", type=int, default=topics.DEFAULT_PARTITIONS)
+    top.add_argument(
+        "--dlq-partitions",
+        type=int,
+        default=topics.DEFAULT_DLQ_PARTITIONS,
+        help=f"partitions of the dead-letter topic (default {topics.DEFAULT_DLQ_PARTITIONS})",
+    )
+    top.add_argument("--replication-factor", type=int, default=topics.DEFAULT_REPLICATION)
+    _settings_flags(top)
+    top.set_defaults(func=_cmd_topics)
+
+    dead = sub.add_parser(
+        "dlq", help="dead letters: counts by reason, show them, or republish them after a fix"
+    )
+    dead.add_argument("action", choices=["summary", "show", "redrive"])
+    dead.add_argument("--reason", action="append", help="only this reason code (repeatable)")
+    dead.add_argument("--partition", type=int, help="only this partition of the source topic")
+    dead.add_argument("--offset", metavar="N|A-B", help="only this source offset, or range")
+    dead.add_argument("--by-partition", action="store_true", help="summary: per partition")
+    dead.add_argument("--limit", type=int, default=20, help="show: at most this many (0: all)")
+    dead.add_argument(
+        "--max-bytes", type=int, default=dlq.DEFAULT_MAX_BYTES, help="show: of each value"
+    )
+    dead.add_argument("--yes", action="store_true", help="redrive without asking")
+    _settings_flags(dead)
+    dead.set_defaults(func=_cmd_dlq)
+
     brk = sub.add_parser("broker", help="the embedded single-node Kafka broker")
     brk.add_argument("action", choices=["start", "stop"])
     brk.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
@@ -229,8 +307,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     prod.set_defaults(func=_cmd_produce)
 
-    val = sub.add_parser("validate", help="check a .jsonl file of events offline")
-    val.add_argument("file")
+    val = sub.add_parser(
+        "validate", help="check events offline: JSON lines, or one JSON document, per file"
+    )
+    val.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for standard input")
+    val.add_argument(
+        "--unknown-fields",
+        choices=["ignore", "reject"],
+        default="ignore",
+        help="as the worker's unknown_fields setting (default: ignore, with a warning for a "
+        "field that looks like a known one)",
+    )
     val.add_argument(
         "--max-message-bytes", type=int, default=Settings.model_fields["max_message_bytes"].default
     )

@@ -7,6 +7,10 @@ asks for. Repeated warnings and errors are rate-limited: the same message from t
 `window_s`; the next one that gets through says how many were held back, so a broker outage logs
 a line every few seconds instead of thousands. Info lines (assignments, revocations, hand-overs)
 are events, not repeats: they always pass.
+
+librdkafka's own lines (`%3|...|FAIL|...`) come through the same logger: every Kafka client the
+project builds gets `KAFKA_LOGGER` as its `logger` (consumer.settings renders it), so they share
+the format and the rate limit; below DEBUG only its warnings and errors are shown.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import threading
 import time
 from typing import IO, Literal
 
-__all__ = ["JsonFormatter", "LogFormat", "RepeatFilter", "configure"]
+__all__ = ["KAFKA_LOGGER", "JsonFormatter", "LogFormat", "RepeatFilter", "configure"]
 
 LogFormat = Literal["auto", "json", "text"]
+
+#: The logger librdkafka's lines go to (served by the client's poll/consume calls).
+KAFKA_LOGGER = "consumer.kafka.librdkafka"
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DIGITS = re.compile(r"\d+")
@@ -103,6 +110,9 @@ def configure(
     root.setLevel(level)
     # The SDK logs a warning per dropped measurement; the cardinality gauges report those.
     logging.getLogger("opentelemetry").setLevel(logging.ERROR)
+    # librdkafka's info lines (BGQUEUE, GETPID, ...) are the client's business, unless debugging.
+    kafka_level = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    logging.getLogger(KAFKA_LOGGER).setLevel(kafka_level)
     return handler
 
 

@@ -13,6 +13,7 @@ name (password, CA) are checked here, so a missing one stops start-up naming the
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigError
+from consumer.logs import KAFKA_LOGGER
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings", "parse_duration", "setting_label"]
 
@@ -37,17 +39,17 @@ ENV_PREFIX = "USAGE_CONSUMER_"
 
 # Keys a user may not pass through `kafka_options`: the worker owns them (delivery guarantee), or
 # they are credentials that must stay SecretStr.
-_RESERVED_KAFKA_KEYS = frozenset(
-    {
-        "group.id",
-        "bootstrap.servers",
-        "enable.auto.commit",
-        "enable.auto.offset.store",
-        "sasl.password",
-        "ssl.key.password",
-        "sasl.oauthbearer.client.secret",
-    }
-)
+_OWNED = "the worker owns it (offsets are committed only once events are recorded)"
+_CREDENTIAL_HINT = "use sasl_password or sasl_password_file, so the credential stays secret"
+_RESERVED_KAFKA_KEYS: Mapping[str, str] = {
+    "group.id": "use group_id",
+    "bootstrap.servers": "use bootstrap_servers",
+    "enable.auto.commit": _OWNED,
+    "enable.auto.offset.store": _OWNED,
+    "sasl.password": _CREDENTIAL_HINT,
+    "ssl.key.password": _CREDENTIAL_HINT,
+    "sasl.oauthbearer.client.secret": _CREDENTIAL_HINT,
+}
 
 
 # librdkafka's default; it is also the rebalance timeout a revocation must fit in.
@@ -181,6 +183,21 @@ class Settings(BaseSettings):
         description=(
             "Attribute sets kept per metric; further sets fold into the "
             'otel_metric_overflow="true" series.'
+        ),
+    )
+    create_topics: bool = Field(
+        default=False,
+        description=(
+            "Create the topic and the dead-letter topic at start-up when missing (development; "
+            "in production create them with `usage-consumer topics create`)."
+        ),
+    )
+    unknown_fields: Literal["ignore", "reject"] = Field(
+        default="ignore",
+        description=(
+            "Fields of an event the schema does not know: ignore them (counted per name in "
+            "usage_consumer_unknown_fields_total) or reject the event to the DLQ as "
+            "unknown_field."
         ),
     )
     series_idle_ttl: float = Field(
@@ -325,11 +342,12 @@ class Settings(BaseSettings):
     @field_validator("kafka_options")
     @classmethod
     def _no_reserved_keys(cls, value: dict[str, str]) -> dict[str, str]:
-        reserved = sorted(_RESERVED_KAFKA_KEYS.intersection(value))
+        reserved = sorted(set(_RESERVED_KAFKA_KEYS).intersection(value))
         if reserved:
             raise ValueError(
-                f"{', '.join(reserved)} cannot be set here: use the dedicated setting "
-                "(credentials must come from sasl_password so they stay secret)"
+                "; ".join(
+                    f"{key} cannot be set here: {_RESERVED_KAFKA_KEYS[key]}" for key in reserved
+                )
             )
         return value
 
@@ -396,6 +414,8 @@ class Settings(BaseSettings):
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
+            # librdkafka's lines through the worker's logger: one format, one rate limit.
+            "logger": logging.getLogger(KAFKA_LOGGER),
         }
         if self.sasl_mechanism:
             config["sasl.mechanism"] = self.sasl_mechanism
@@ -472,15 +492,24 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         return Settings(**dict(overrides or {}))
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "settings"
+        field = str(first["loc"][0]) if first["loc"] else _named_in(str(first["msg"]))
         raise ConfigError(setting_label(field), _describe(first)) from None
+
+
+def _named_in(message: str) -> str:
+    """The setting a cross-field check's message starts from (its first setting name)."""
+    found = [(message.find(name), name) for name in Settings.model_fields if name in message]
+    return min(found)[1] if found else "settings"
 
 
 def setting_label(field: str) -> str:
     """How errors name a setting: its name, its environment variable and its flag."""
     if field not in Settings.model_fields:
         return field
-    return f"{field} (env {ENV_PREFIX}{field.upper()}, flag --{field.replace('_', '-')})"
+    flag = (
+        "--kafka-option KEY=VALUE" if field == "kafka_options" else f"--{field.replace('_', '-')}"
+    )
+    return f"{field} (env {ENV_PREFIX}{field.upper()}, flag {flag})"
 
 
 def _describe(error: Any) -> str:

@@ -339,7 +339,7 @@ def test_dockerignore_sends_exactly_the_package_sources() -> None:
     needed = {
         path
         for path in tracked
-        if path in {"pyproject.toml", "README.md"}
+        if path in {"pyproject.toml", "README.md", "requirements.lock"}
         # Sources, the schema files and the local broker's Maven project (package data).
         or (
             path.startswith(("consumer/", "schemas/"))
@@ -355,7 +355,12 @@ def test_dockerignore_sends_exactly_the_package_sources() -> None:
                 for source in rest.split()[:-1]:
                     assert not _dockerignore_excludes(patterns, source.rstrip("/")), source
     # And the rules are Docker's: these must stay out.
-    for path in (".venv/bin/python", "tests/test_deploy.py", "consumer/__pycache__/x.pyc"):
+    for path in (
+        ".venv/bin/python",
+        "tests/test_deploy.py",
+        "consumer/__pycache__/x.pyc",
+        "requirements-test.lock",
+    ):
         assert _dockerignore_excludes(patterns, path), path
 
 

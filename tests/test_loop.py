@@ -1220,9 +1220,7 @@ def test_a_scrape_holds_exactly_the_events_its_snapshot_covers_while_the_worker_
     def record() -> None:
         for b in range(batches):
             offsets = range(b * size, (b + 1) * size)
-            worker.process(
-                [msg(0, o, event(EVENT_A, event_id=f"e{o}")) for o in offsets]
-            )
+            worker.process([msg(0, o, event(EVENT_A, event_id=f"e{o}")) for o in offsets])
         done.set()
 
     recorder = threading.Thread(target=record)
@@ -1247,3 +1245,37 @@ def test_a_scrape_holds_exactly_the_events_its_snapshot_covers_while_the_worker_
     ][:5]
     assert len(seen) >= 3  # the scrapes did interleave with the batches
     provider.shutdown()
+
+
+def test_split_counts_the_unknown_fields_of_valid_events_or_rejects_them() -> None:
+    camel = event(EVENT_A, inputTokens=7, outputTokens=1)
+    messages = [msg(0, 1, camel), msg(0, 2, event(EVENT_A)), msg(0, 3, event(EVENT_B, x=1))]
+    ignored = split(as_messages(messages), 4096)
+    assert len(ignored.events) == 3
+    assert ignored.unknown_fields == {"inputTokens": 1, "outputTokens": 1, "x": 1}
+    rejected = split(as_messages(messages), 4096, "reject")
+    assert [(d.offset, d.rejection.reason) for d in rejected.rejected] == [
+        (1, Reason.UNKNOWN_FIELD),
+        (3, Reason.UNKNOWN_FIELD),
+    ]
+    assert rejected.rejected[0].rejection.detail == (
+        "unknown fields: inputTokens (did you mean input_tokens?), "
+        "outputTokens (did you mean output_tokens?)"
+    )
+    assert rejected.unknown_fields == {}
+
+
+def test_the_unknown_field_counter_labels_at_most_a_hundred_names() -> None:
+    metrics = WorkerMetrics.create(CollectorRegistry())
+    for n in range(105):
+        metrics.count_unknown_field(f"f{n}", 2)
+    metrics.count_unknown_field("bad\nname", 1)
+    samples = {
+        s.labels["field"]: s.value
+        for f in metrics.unknown_fields.collect()
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
+    assert len(samples) == 101
+    assert samples["f99"] == 2.0
+    assert samples["_other"] == 11.0  # f100..f104 twice each, and the unprintable name

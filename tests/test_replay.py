@@ -18,6 +18,8 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 from consumer.devtools.produce import synthetic_events
 from consumer.errors import UsageConsumerError
 from consumer.kafka import replay
+from consumer.pipeline.deadletter import DeadLetter
+from consumer.pipeline.validate import Reason, Rejection
 from tests.conftest import TopicFactory
 from tests.harness import WorkerProcess, committed_offsets, end_offsets, total
 
@@ -136,6 +138,72 @@ def test_replay_from_an_offset_is_clamped_to_the_log(
         p: min(10, ends[p]) for p in range(PARTITIONS)
     }
     assert replay.make_plan(admin, group_id, topic, from_offset=10**9)[0].replayed == 0
+
+
+def test_the_plan_says_how_many_rejects_the_replay_dead_letters_again(
+    kafka_bootstrap: str,
+    admin: AdminClient,
+    topic_factory: TopicFactory,
+    group_id: str,
+    tmp_path: Path,
+) -> None:
+    topic = topic_factory(PARTITIONS)
+    events = list(synthetic_events(30, seed=35))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 5})
+    invalid = {4, 10, 17}  # round robin: partition 1 offsets 1 and 3, partition 2 offset 5
+    for n, event in enumerate(events):
+        value = b"not json" if n in invalid else json.dumps(event).encode()
+        producer.produce(topic, value, partition=n % PARTITIONS)
+    assert producer.flush(30) == 0
+    worker = WorkerProcess(kafka_bootstrap, topic, group_id, tmp_path).start()
+    assert _drain(worker, kafka_bootstrap, group_id, topic) == len(events) - len(invalid)
+    assert worker.stop() == 0
+    # Beside the worker's three letters: the same reject twice (a redo after a kill) and a letter
+    # of another topic at the same position, neither counted.
+    dlq_topic = f"{topic}.dlq"
+    again = Rejection(Reason.INVALID_JSON, "again")
+    for source in (topic, f"{topic}-other"):
+        letter = DeadLetter(source, 2, 5, None, b"not json", [], 0, again)
+        producer.produce(dlq_topic, letter.value, headers=letter.dlq_headers())
+    assert producer.flush(30) == 0
+
+    out = io.StringIO()
+    questions: list[str] = []
+
+    def decline(question: str) -> bool:
+        questions.append(question)
+        return False
+
+    config = {"bootstrap.servers": kafka_bootstrap}
+    declined = replay.run(
+        admin,
+        group_id,
+        topic,
+        out,
+        decline,
+        from_offset=2,
+        dead_letter_topic=dlq_topic,
+        consumer_config=config,
+    )
+    assert declined == 1
+    lines = out.getvalue().splitlines()
+    assert lines[-2:] == [
+        f"dead letters: 2 of the replayed events were rejected before (partition 1: 1, "
+        f"partition 2: 1); the replay writes them to {dlq_topic} again",
+        "nothing changed",
+    ]
+    assert questions == [
+        f"Reset group {group_id!r} and replay 24 events (counted again by the workers; "
+        "2 rejects dead-lettered again)?"
+    ]
+    plan = replay.make_plan(admin, group_id, topic, from_offset=2)
+    assert replay.rejects_again(config, dlq_topic, topic, plan) == {0: 0, 1: 1, 2: 1}
+    assert replay.rejects_again(
+        config, dlq_topic, topic, replay.make_plan(admin, group_id, topic, from_offset=0)
+    ) == {0: 0, 1: 2, 2: 1}
+    assert replay.render_rejects(dlq_topic, {0: 0, 1: 0, 2: 0}) == (
+        f"dead letters: none of the replayed events is in {dlq_topic}\n"
+    )
 
 
 def test_replay_names_a_missing_topic(admin: AdminClient, group_id: str) -> None:

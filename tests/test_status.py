@@ -115,6 +115,8 @@ def _sources(
     # Idle expiry removed 4 request-count series, and every errors series there was.
     metrics.series_expired.labels("llm_request_count_total").inc(4)
     metrics.series_expired.labels("llm_request_errors_total").inc(2)
+    metrics.count_unknown_field("x_trace", 1)
+    metrics.count_unknown_field("inputTokens", 3)
     metrics.consumer_lag.labels("llm-usage", "0").set(12)
     metrics.partition_paused.labels("llm-usage", "0", "backpressure").set(0)
     metrics.partition_paused.labels("llm-usage", "1", "dead_letter").set(1)
@@ -264,6 +266,10 @@ def test_the_status_builder_reports_every_section_exactly() -> None:
                 },
             ],
         },
+        "unknown_fields": [
+            {"field": "inputTokens", "events": 3, "known_as": "input_tokens"},
+            {"field": "x_trace", "events": 1, "known_as": None},
+        ],
         "keys": {"attribute_sets": 2, "on_several_partitions": 1},
         "cardinality": {
             "limit": 100,
@@ -305,6 +311,7 @@ def test_the_status_builder_reports_every_section_exactly() -> None:
             "max_message_bytes": 65536,
             "cardinality_limit": 100,
             "series_idle_ttl": 600.0,
+            "unknown_fields": "ignore",
             "dlq_timeout_ms": 30000,
             "max_unscraped_events": 1000000,
             "max_unscraped_age_ms": 300000,
@@ -677,7 +684,10 @@ def test_the_page_of_a_real_worker_in_a_real_browser(
             assert [
                 cardinality.nth(n).locator("td").all_inner_texts()
                 for n in range(cardinality.count())
-            ] == [[m["metric"], str(m["series"]), "no"] for m in status["cardinality"]["metrics"]]
+            ] == [
+                [m["metric"], str(m["series"]), "no", str(m["expired"])]
+                for m in status["cardinality"]["metrics"]
+            ]
             assert len(series) == 8  # every usage metric has series
             assert page.get_attribute("a[href=metrics]", "href") == "metrics"
 

@@ -16,6 +16,8 @@ from consumer.pipeline.validate import (
     Rejection,
     decode,
     decode_fast,
+    known_as,
+    unknown_fields,
 )
 from schemas import (
     MAX_ERROR_CODE_LENGTH,
@@ -490,6 +492,23 @@ def test_unknown_fields_ignored() -> None:
     assert got == accepted(BASE_JSON)
 
 
+def test_unknown_fields_rejected_when_asked_naming_what_they_likely_mean() -> None:
+    value = event(inputTokens=12, output_tokens=3, x_trace="t")
+    assert decode(value, 65536, "reject") == Rejection(
+        Reason.UNKNOWN_FIELD, "unknown fields: inputTokens (did you mean input_tokens?), x_trace"
+    )
+    assert decode_fast(value, 65536, "reject") == decode(value, 65536, "reject")
+    assert unknown_fields(value) == ["inputTokens", "x_trace"]
+    assert [known_as(n) for n in ("inputTokens", "INPUT-TOKENS", "Model", "x_trace")] == [
+        "input_tokens",
+        "input_tokens",
+        "model",
+        None,
+    ]
+    # Ignored (the default): accepted with the known fields only.
+    assert accepted(value) == accepted(event(output_tokens=3))
+
+
 def test_reason_values_are_stable() -> None:
     assert [reason.value for reason in Reason] == [
         "empty",
@@ -500,6 +519,7 @@ def test_reason_values_are_stable() -> None:
         "unsupported_schema_version",
         "schema_violation",
         "cache_tokens_conflict",
+        "unknown_field",
     ]
     assert f"{Reason.NOT_UTF8}" == "not_utf8"
 

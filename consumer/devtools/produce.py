@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from consumer.kafka.topics import CHECK_TIMEOUT_S, check_produce_topic
 from consumer.keys.attributes import attribute_key
 from consumer.keys.strategies import KeyStrategy
 from schemas import UsageEventV1
@@ -117,9 +118,23 @@ class Publisher:
 
     Keys go through murmur2, the Java client's and franz-go's partitioner, rather than
     librdkafka's CRC32 default: with attribute keys, a set must land on the same partition
-    whichever producer sent it."""
+    whichever producer sent it.
 
-    def __init__(self, config: dict[str, Any], topic: str) -> None:
+    Before anything is sent, the topic is looked up (`check_produce_topic`): a missing topic, a
+    missing ACL or a broker that does not answer raises a UsageConsumerError with one line
+    within `check_timeout_s`, rather than every message failing after its 30 s timeout.
+    `check=False` skips that."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        topic: str,
+        *,
+        check: bool = True,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+    ) -> None:
+        if check:
+            check_produce_topic(config, topic, check_timeout_s)
         self._producer = Producer(
             {
                 "partitioner": "murmur2_random",

@@ -7,11 +7,15 @@ passed in; nothing here is global.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["WorkerMetrics"]
+__all__ = ["MAX_UNKNOWN_FIELD_NAMES", "UNKNOWN_OTHER", "WorkerMetrics"]
+
+MAX_UNKNOWN_FIELD_NAMES: Final = 100
+UNKNOWN_OTHER: Final = "_other"
 
 _BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 50_000, 100_000)
 
@@ -37,6 +41,9 @@ class WorkerMetrics:
     revocations: Counter
     revocation_wait: Histogram
     series_expired: Counter
+    unknown_fields: Counter
+    # Field names come from producers: label only this many distinct ones, the rest as _other.
+    _unknown_names: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WorkerMetrics:
@@ -132,6 +139,13 @@ class WorkerMetrics:
                 buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120),
                 registry=registry,
             ),
+            unknown_fields=Counter(
+                p + "unknown_fields",
+                "Fields of valid events the schema does not know, ignored (unknown_fields=ignore),"
+                " by name; the first 100 names, later ones as _other.",
+                ["field"],
+                registry=registry,
+            ),
             series_expired=Counter(
                 p + "series_expired",
                 "Usage series removed after series_idle_ttl without an update, by metric (as "
@@ -140,6 +154,14 @@ class WorkerMetrics:
                 registry=registry,
             ),
         )
+
+    def count_unknown_field(self, name: str, count: int) -> None:
+        label = name if len(name) <= 64 and name.isprintable() else UNKNOWN_OTHER
+        if label not in self._unknown_names:
+            if len(self._unknown_names) >= MAX_UNKNOWN_FIELD_NAMES:
+                label = UNKNOWN_OTHER
+            self._unknown_names.add(label)
+        self.unknown_fields.labels(label).inc(count)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop per-partition series when a partition leaves, so stale values do not linger."""

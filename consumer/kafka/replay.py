@@ -8,13 +8,15 @@ offsets it saw when it reset them. Workers do the replaying: they must be stoppe
 (Kafka refuses to move the offsets of a group with live members) and started again afterwards.
 
 Replayed events are counted again by the workers' counters: a backfill is for events Prometheus
-never saw (its data was lost, a recording rule changed), not for events it already has.
+never saw (its data was lost, a recording rule changed), not for events it already has. Given the
+dead-letter topic, the plan also says how many of the replayed events were rejected before (their
+source position is in a dead letter's `dlq.source.*` headers): the replay dead-letters them again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -22,8 +24,19 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from consumer.errors import ConfigError, UsageConsumerError
+from consumer.kafka import dlq
 
-__all__ = ["PlanRow", "apply_plan", "follow", "live_members", "make_plan", "run"]
+__all__ = [
+    "PlanRow",
+    "apply_plan",
+    "follow",
+    "live_members",
+    "make_plan",
+    "rejects_again",
+    "render_plan",
+    "render_rejects",
+    "run",
+]
 
 _TIMEOUT_S = 30.0
 
@@ -125,8 +138,15 @@ def run(
     from_timestamp_ms: int | None = None,
     from_offset: int | None = None,
     timeout_s: float | None = None,
+    dead_letter_topic: str | None = None,
+    consumer_config: Mapping[str, Any] | None = None,
 ) -> int:
-    """The whole command; returns the exit code."""
+    """The whole command; returns the exit code.
+
+    With `dead_letter_topic` (read with `consumer_config`, e.g. Settings.consumer_config()), the
+    plan says how many replayed events were dead-lettered before and will be again."""
+    if (dead_letter_topic is None) != (consumer_config is None):
+        raise ValueError("give dead_letter_topic and consumer_config together")
     members = live_members(admin, group)
     if members:
         raise UsageConsumerError(
@@ -138,8 +158,13 @@ def run(
     )
     out.write(render_plan(group, topic, plan))
     total = sum(row.replayed for row in plan)
+    again = ""
+    if dead_letter_topic is not None and consumer_config is not None:
+        rejects = rejects_again(consumer_config, dead_letter_topic, topic, plan)
+        out.write(render_rejects(dead_letter_topic, rejects))
+        again = f"; {sum(rejects.values()):,} rejects dead-lettered again"
     if not confirm(
-        f"Reset group {group!r} and replay {total:,} events (counted again by the workers)?"
+        f"Reset group {group!r} and replay {total:,} events (counted again by the workers{again})?"
     ):
         out.write("nothing changed\n")
         return 1
@@ -164,6 +189,27 @@ def render_plan(group: str, topic: str, plan: list[PlanRow]) -> str:
         f"{'total':>9}  {'':>9}      {'':>10}  {'':>7}  {sum(r.replayed for r in plan):>6,}"
     )
     return "\n".join(lines) + "\n"
+
+
+def rejects_again(
+    consumer_config: Mapping[str, Any], dead_letter_topic: str, topic: str, plan: list[PlanRow]
+) -> dict[int, int]:
+    """Per partition, the replayed events that have a dead letter: distinct source offsets in
+    [target, end), however many letters each has."""
+    ranges = {row.partition: (row.target, row.end) for row in plan if row.replayed > 0}
+    found = dlq.count_rejects(consumer_config, dead_letter_topic, topic, ranges) if ranges else {}
+    return {row.partition: found.get(row.partition, 0) for row in plan}
+
+
+def render_rejects(dead_letter_topic: str, rejects: Mapping[int, int]) -> str:
+    total = sum(rejects.values())
+    if not total:
+        return f"dead letters: none of the replayed events is in {dead_letter_topic}\n"
+    parts = ", ".join(f"partition {p}: {n:,}" for p, n in sorted(rejects.items()) if n)
+    return (
+        f"dead letters: {total:,} of the replayed events were rejected before ({parts}); "
+        f"the replay writes them to {dead_letter_topic} again\n"
+    )
 
 
 def _bar(done: int, total: int, elapsed: float, width: int = 30) -> str:

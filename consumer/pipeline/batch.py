@@ -6,6 +6,7 @@ valid, so the commit stage can advance every partition it touched once the batch
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -13,8 +14,9 @@ from confluent_kafka import Message
 
 from consumer.kafka.source import PartitionKey
 from consumer.pipeline.deadletter import DeadLetter
-from consumer.pipeline.validate import Rejection, decode_fast
+from consumer.pipeline.validate import Rejection, UnknownFields, decode_fast, unknown_fields
 from consumer.usage.tracker import UsageLike
+from schemas import UsageEventV1
 
 __all__ = ["Batch", "PartitionSpan", "split"]
 
@@ -35,9 +37,12 @@ class Batch:
     rejected: list[DeadLetter] = field(default_factory=list)
     spans: dict[PartitionKey, PartitionSpan] = field(default_factory=dict)
     size: int = 0
+    unknown_fields: Counter[str] = field(default_factory=Counter)  # ignored, by name
 
 
-def split(messages: list[Message], max_message_bytes: int) -> Batch:
+def split(
+    messages: list[Message], max_message_bytes: int, unknown: UnknownFields = "ignore"
+) -> Batch:
     """Validate every message; one bad message never stops the others."""
     batch = Batch(size=len(messages))
     spans = batch.spans
@@ -50,10 +55,15 @@ def split(messages: list[Message], max_message_bytes: int) -> Batch:
             span = spans[key] = PartitionSpan(end=offset + 1)
         else:
             span.end = offset + 1
-        outcome = decode_fast(message.value(), max_message_bytes)
+        value = message.value()
+        outcome = decode_fast(value, max_message_bytes, unknown)
         if isinstance(outcome, Rejection):
             batch.rejected.append(DeadLetter.of(message, outcome))
         else:
+            if type(outcome) is UsageEventV1 and unknown == "ignore":
+                # The model's path: the fast decoder refuses unknown fields, so an event with
+                # one always comes this way (rarely: producers send known fields).
+                batch.unknown_fields.update(unknown_fields(cast(bytes, value)))
             batch.events.append(outcome)
             batch.event_partitions.append(key[1])
             span.recorded += 1

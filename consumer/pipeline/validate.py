@@ -87,6 +87,7 @@ Escaped control characters (``"\\u0000"``)
 
 import codecs
 import enum
+import json
 import operator
 import re
 from dataclasses import dataclass
@@ -110,8 +111,11 @@ __all__ = [
     "FastUsageEvent",
     "Reason",
     "Rejection",
+    "UnknownFields",
     "decode",
     "decode_fast",
+    "known_as",
+    "unknown_fields",
 ]
 
 MAX_DETAIL_LENGTH: Final = 512
@@ -135,6 +139,7 @@ class Reason(enum.StrEnum):
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
     SCHEMA_VIOLATION = "schema_violation"
     CACHE_TOKENS_CONFLICT = "cache_tokens_conflict"
+    UNKNOWN_FIELD = "unknown_field"  # only with unknown_fields=reject
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +155,41 @@ class Rejection:
     detail: str
 
 
-def decode_fast(value: bytes | None, max_bytes: int) -> UsageLike | Rejection:
+UnknownFields = Literal["ignore", "reject"]
+_KNOWN_FIELDS: Final = frozenset(UsageEventV1.model_fields)
+
+
+def _folded(name: str) -> str:
+    return name.replace("_", "").replace("-", "").lower()
+
+
+_BY_FOLDED: Final = {_folded(name): name for name in UsageEventV1.model_fields}
+
+
+def known_as(name: str) -> str | None:
+    """The schema field an unknown field name means, ignoring case, `_` and `-`
+    (`inputTokens` -> `input_tokens`); None if it looks like no field."""
+    return _BY_FOLDED.get(_folded(name))
+
+
+def unknown_fields(value: bytes) -> list[str]:
+    """The top-level keys of a valid event that are not schema fields, in order. Parses the
+    value again: call it only for events that took the model's path (the fast decoder refuses
+    unknown fields, so every event with one does)."""
+    return [key for key in json.loads(value) if key not in _KNOWN_FIELDS]
+
+
+def _unknown_rejection(names: list[str]) -> Rejection:
+    shown = [f"{n} (did you mean {m}?)" if (m := known_as(n)) else n for n in names]
+    return Rejection(
+        Reason.UNKNOWN_FIELD,
+        _clip(_clean("unknown fields: " + ", ".join(shown)), MAX_DETAIL_LENGTH),
+    )
+
+
+def decode_fast(
+    value: bytes | None, max_bytes: int, unknown: UnknownFields = "ignore"
+) -> UsageLike | Rejection:
     """`decode` for the worker's hot path: same verdicts, about 5x faster on valid events.
 
     A valid event whose fields are all known is decoded by msgspec into a `FastUsageEvent`;
@@ -164,11 +203,17 @@ def decode_fast(value: bytes | None, max_bytes: int) -> UsageLike | Rejection:
             return cast(UsageLike, _FAST_DECODER.decode(value))
         except Exception:  # noqa: BLE001, S110 - whatever msgspec refuses, the model judges
             pass
-    return decode(value, max_bytes)
+    return decode(value, max_bytes, unknown)
 
 
-def decode(value: bytes | None, max_bytes: int) -> UsageEventV1 | Rejection:
-    """Validate one Kafka message value. Never raises for any ``value``."""
+def decode(
+    value: bytes | None, max_bytes: int, unknown: UnknownFields = "ignore"
+) -> UsageEventV1 | Rejection:
+    """Validate one Kafka message value. Never raises for any ``value``.
+
+    Fields the schema does not know are ignored (a producer may be newer than this consumer),
+    or, with ``unknown="reject"``, make the event an ``UNKNOWN_FIELD`` rejection naming them.
+    """
     if not value:
         if value is None:
             return Rejection(Reason.EMPTY, "message value is null (tombstone)")
@@ -178,9 +223,12 @@ def decode(value: bytes | None, max_bytes: int) -> UsageEventV1 | Rejection:
             Reason.TOO_LARGE, f"message value is {len(value)} bytes, limit is {max_bytes}"
         )
     try:
-        return UsageEventV1.model_validate_json(value)
+        event = UsageEventV1.model_validate_json(value)
     except ValidationError as exc:
         return _classify(value, exc.errors(include_url=False))
+    if unknown == "reject" and (names := unknown_fields(value)):
+        return _unknown_rejection(names)
+    return event
 
 
 def _classify(value: bytes, errors: list[ErrorDetails]) -> Rejection:

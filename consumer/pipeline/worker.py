@@ -26,6 +26,7 @@ from consumer.pipeline.ledger import OffsetLedger
 from consumer.pipeline.pausing import PauseManager
 from consumer.pipeline.rebalance import Rebalancer
 from consumer.pipeline.spread import KeySpread
+from consumer.pipeline.validate import UnknownFields
 from consumer.usage.expiry import SeriesExpiry
 from consumer.usage.record import Recorder
 
@@ -50,6 +51,7 @@ class Worker:
     batch_wait_s: float
     max_message_bytes: int
     expiry: SeriesExpiry | None = None
+    unknown_fields: UnknownFields = "ignore"
     # Held while a batch is recorded and the ledger advanced; a scrape's snapshot and collect
     # take it too (consumer.pipeline.commit.ScrapeAcknowledger).
     record_gate: AbstractContextManager[object] = field(default_factory=threading.Lock)
@@ -78,8 +80,10 @@ class Worker:
             log.warning("%s", exc)
 
     def process(self, messages: list[Message]) -> None:
-        batch = split(messages, self.max_message_bytes)
+        batch = split(messages, self.max_message_bytes, self.unknown_fields)
         self.metrics.consumed.inc(batch.size)
+        for name, count in batch.unknown_fields.items():
+            self.metrics.count_unknown_field(name, count)
         self.spread.observe(batch.events, batch.event_partitions)
         for letter in batch.rejected:
             self.metrics.rejected.labels(letter.rejection.reason.value).inc()

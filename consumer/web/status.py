@@ -25,6 +25,8 @@ The JSON shape (`status_version` 1; fields are only ever added under the same ve
     dead_letters        topic, rejected, acknowledged, failed (totals), by_reason: [{reason,
                         rejected, acknowledged, failed, examples: [{topic, partition, offset,
                         at, detail, value_prefix, value_bytes}]}] (the last few, oldest first)
+    unknown_fields      [{field, events, known_as}]: fields of valid events the schema does not
+                        know, ignored, by name (known_as: the field it likely means, or null)
     keys                attribute_sets (seen, in sampled batches), on_several_partitions (0 when
                         producers key by attribute set: consumer.pipeline.spread)
     cardinality         limit, metrics: [{metric, series, overflow, expired}] per usage metric
@@ -56,6 +58,7 @@ from consumer.pipeline.deadletter import RecentDeadLetters
 from consumer.pipeline.health import HealthState
 from consumer.pipeline.ledger import OffsetLedger
 from consumer.pipeline.spread import KeySpread
+from consumer.pipeline.validate import known_as
 from consumer.settings import Settings
 from consumer.web.status_html import render_html
 
@@ -85,6 +88,7 @@ SHOWN_SETTINGS = (
     "max_message_bytes",
     "cardinality_limit",
     "series_idle_ttl",
+    "unknown_fields",
     "dlq_timeout_ms",
     "max_unscraped_events",
     "max_unscraped_age_ms",
@@ -145,7 +149,18 @@ def _worker_numbers(metrics: WorkerMetrics) -> dict[str, Any]:
         totals[name] = int(
             next(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
         )
-    return {"lag": lag, "paused": paused, "totals": totals, "expired": expired}
+    unknown: dict[str, int] = {}
+    for family in metrics.unknown_fields.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                unknown[sample.labels["field"]] = int(sample.value)
+    return {
+        "lag": lag,
+        "paused": paused,
+        "totals": totals,
+        "expired": expired,
+        "unknown": unknown,
+    }
 
 
 class SeriesCounts:
@@ -279,6 +294,10 @@ def build_status(
         "cardinality": _cardinality(
             sources.series.read(monotonic), numbers["expired"], settings.series_idle_ttl
         ),
+        "unknown_fields": [
+            {"field": name, "events": count, "known_as": known_as(name)}
+            for name, count in sorted(numbers["unknown"].items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
         "keys": {
             "attribute_sets": sources.spread.sets if sources.spread else 0,
             "on_several_partitions": (

@@ -195,6 +195,16 @@ def render_html(status: dict[str, Any]) -> str:
         if ttl
         else "<p>Idle series never expire (series_idle_ttl is 0)</p>"
     )
+    unknown = status["unknown_fields"]
+    if unknown:
+        parts.append("<h2>Unknown fields (ignored)</h2>")
+        parts.append(
+            _table(
+                ["field", "events", "likely meant"],
+                ([u["field"], u["events"], u["known_as"] or ""] for u in unknown),
+                "num unknown",
+            )
+        )
     keys = status["keys"]
     several = keys["on_several_partitions"]
     parts.append(
