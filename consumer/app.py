@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -44,9 +45,12 @@ from consumer.web.server import MetricsServer
 from consumer.web.status import SeriesCounts, StatusPage, StatusSources
 from consumer.web.webconfig import load_web_config
 
-__all__ = ["COMMIT_MODES", "run_worker", "stop_on_signals"]
+__all__ = ["COMMIT_MODES", "SHUTDOWN_GRACE_S", "run_worker", "stop_on_signals"]
 
 log = logging.getLogger("consumer")
+
+#: What a stopping worker may take beyond handover_timeout_ms (leaving the group, closing).
+SHUTDOWN_GRACE_S = 10.0
 
 COMMIT_MODES = {
     "scrape": "offsets advance only when a /metrics response covered the events; "
@@ -183,13 +187,50 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
         )
     log.debug("settings: %s", settings.redacted())
     _tune_gc()
+    finished = _shutdown_deadline(
+        stop, ledger, settings.handover_timeout_ms / 1000 + SHUTDOWN_GRACE_S
+    )
     try:
         worker.run(stop)
     finally:
         dead_letters.close()
         server.stop()
         meter_provider.shutdown()
+        finished.set()
     return 0
+
+
+def _shutdown_deadline(
+    stop: threading.Event, ledger: OffsetLedger, limit_s: float
+) -> threading.Event:
+    """Once `stop` is set, the worker has `limit_s` to hand over and leave; past it, whatever
+    the broker or the dead-letter topic is doing, it says what it could not commit and exits
+    (status 1): its partitions' next owner replays from the last commit, so nothing is lost.
+    Returns the event to set when the shutdown finished in time."""
+    finished = threading.Event()
+
+    def watch() -> None:
+        stop.wait()
+        if finished.wait(max(0.0, limit_s - 0.5)):  # leave time to say why and exit
+            return
+        behind = [
+            f"{topic}/{partition} committed {state.committed}, processed {state.processed}"
+            for (topic, partition), state in sorted(ledger.states().items())
+            if state.processed > state.committed
+        ]
+        log.error(
+            "shutdown did not finish within %.0fs (handover_timeout_ms + %.0fs): exiting; not "
+            "committed: %s; the partitions' next owner replays from the committed offsets",
+            limit_s,
+            SHUTDOWN_GRACE_S,
+            "; ".join(behind) or "nothing",
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="shutdown-deadline", daemon=True).start()
+    return finished
 
 
 def _topics_in_place(settings: Settings) -> None:

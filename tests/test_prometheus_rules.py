@@ -22,6 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
+
+from consumer.exposition.self_metrics import WorkerMetrics
+from consumer.exposition.text import TextRenderer
+from consumer.usage.options import UsageOptions
+from consumer.usage.profiles import build_trackers
+from consumer.usage.provider import build_meter_provider
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "prometheus"
@@ -189,3 +196,38 @@ def test_every_runbook_anchor_exists_in_the_operations_doc() -> None:
     present = _markdown_anchors(OPERATIONS_DOC.read_text())
     wanted = {rule["annotations"]["runbook_url"].split("#", 1)[1] for rule in rules("alert")}
     assert sorted(wanted - present) == [], "runbook anchors missing from docs/operations.md"
+
+
+def test_promtool_check_metrics_flags_only_the_gateways_millisecond_histogram() -> None:
+    """`promtool check metrics` on a worker's exposition (both profiles, every instrument, the
+    worker's own metrics) finds exactly one thing: the `llm` profile's duration histogram is in
+    milliseconds, the gateway's own name (kept so its dashboards work). The README's lint line
+    filters exactly that finding."""
+    registry = CollectorRegistry()
+    provider = build_meter_provider(registry, 100)
+    WorkerMetrics.create(registry)
+    request = UsageOptions(
+        provider="openai",
+        model="m",
+        status="error",
+        error_code="x",
+        input_tokens=3,
+        output_tokens=2,
+        cache_input_tokens=1,
+        system_tokens=1,
+        latency_ms=120,
+    )
+    for tracker in build_trackers("both", provider.get_meter("t"), 100):
+        tracker.record_batch([request])
+    text = TextRenderer().render(registry)
+    provider.shutdown()
+    binary = shutil.which("promtool")
+    assert binary, "promtool not found: `make prometheus` installs it"
+    found = subprocess.run(
+        [binary, "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    findings = (found.stdout + found.stderr).decode().strip().splitlines()
+    assert findings == [
+        'llm_request_duration_milliseconds use base unit "seconds" instead of "milliseconds"'
+    ]
+    assert found.returncode == 3  # lint problems only
