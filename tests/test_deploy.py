@@ -343,6 +343,7 @@ def test_dockerignore_sends_exactly_the_package_sources() -> None:
         # Sources, the schema files and the local broker's Maven project (package data).
         or (
             path.startswith(("consumer/", "schemas/"))
+            and not path.startswith("schemas/vectors/")  # test data, not package data
             and path.endswith((".py", ".json", ".xml", ".properties"))
         )
     }
