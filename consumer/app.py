@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
@@ -77,7 +77,8 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     except KeyError as exc:
         raise ConfigError(setting_label("metrics_profile"), str(exc.args[0])) from None
     expiry = _series_expiry(settings, meter_provider)
-    _topics_in_place(settings)
+    with _kafka_options_checked():
+        _topics_in_place(settings)
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
@@ -265,7 +266,10 @@ def _kafka_options_checked() -> Iterator[None]:
     try:
         yield
     except KafkaException as exc:
-        raise ConfigError(setting_label("kafka_options"), str(exc.args[0].str())) from None
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+            raise
+        raise ConfigError(setting_label("kafka_options"), error.str()) from None
 
 
 def _series_expiry(settings: Settings, provider: MeterProvider) -> SeriesExpiry | None:

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from consumer import logs
@@ -32,7 +33,7 @@ from consumer.devtools.produce import Publisher, synthetic_events
 from consumer.errors import ConfigError, UsageConsumerError
 from consumer.kafka import dlq, replay, topics
 from consumer.keys.strategies import KEY_STRATEGIES
-from consumer.settings import ENV_PREFIX, Settings, load_settings
+from consumer.settings import ENV_PREFIX, Settings, load_settings, setting_label
 from schemas import json_schema_text
 from schemas.usage_event import parse_rfc3339
 
@@ -335,4 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except UsageConsumerError as exc:
         print(f"usage-consumer: {exc}", file=sys.stderr)
+        return 2
+    except KafkaException as exc:
+        # A client librdkafka refused to build: a property it does not know, or a bad value.
+        error = exc.args[0] if exc.args else None
+        if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+            raise
+        print(
+            f"usage-consumer: {ConfigError(setting_label('kafka_options'), error.str())}",
+            file=sys.stderr,
+        )
         return 2
