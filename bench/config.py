@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ROWS = ("raw", "worker", "worker_genai", "worker_both", "naive", "quix")
+#: The row of `--before-ref REF`: the worker as it was at a git ref, beside today's.
+BEFORE_ROW = "worker_before"
 SLOW_ROWS = ("naive", "quix")
 #: The worker rows and the metrics profile each runs with (`--metrics-profile`). `worker` runs as
 #: shipped, without the flag: the default profile, llm. `worker_x2` is two `worker`s.
@@ -40,3 +42,6 @@ class Config:
     fleet_events: int = 100_000
     scrape_reps: int = 5
     docs: bool = True
+    # A git ref whose worker runs as one more row (worker_before), beside today's: a change's
+    # cost measured side by side in one run. Empty: no such row.
+    before_ref: str = ""

@@ -42,6 +42,7 @@ LABELS = {
     "naive": "3. naive path",
     "quix": "4. Quix Streams peer",
     "worker_x2": "worker x2 (one group)",
+    "worker_before": "worker at --before-ref",
 }
 SHORT = {
     "raw": "raw consume\n(floor)",
@@ -57,6 +58,7 @@ RATIOS = (
     ("worker_x2", "worker"),
     ("worker_genai", "worker"),
     ("worker_both", "worker"),
+    ("worker", "worker_before"),
 )
 PROFILE_ROWS = {profile: row for row, profile in WORKER_PROFILES.items()}
 DASH = "\u2013"  # an en dash, for ranges in the tables
@@ -372,10 +374,12 @@ def render(
         + "\n"
     )
     ratio_rows = []
+    before_ref = cfg.get("before_ref") or "?"
     for key, label in (
         ("worker/raw", "worker ÷ raw consume"),
         ("worker/naive", "worker ÷ naive path"),
         ("worker/quix", "worker ÷ Quix Streams"),
+        ("worker/worker_before", f"worker ÷ worker at {before_ref}"),
     ):
         r = summary["ratios"].get(key)
         if r:

@@ -59,7 +59,14 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from bench import report
-from bench.config import ROWS, SCRAPE_PROFILES, SLOW_ROWS, WORKER_PROFILES, Config
+from bench.config import (
+    BEFORE_ROW,
+    ROWS,
+    SCRAPE_PROFILES,
+    SLOW_ROWS,
+    WORKER_PROFILES,
+    Config,
+)
 from bench.latency import run_latency
 from bench.procs import (
     REPO,
@@ -150,6 +157,12 @@ def parse_config(argv: list[str] | None) -> Config:
         f"(env BENCH_FLEET_EVENTS; default {d.fleet_events:,}; 0 skips it)",
     )
     p.add_argument(
+        "--before-ref",
+        default=env.get("BENCH_BEFORE_REF", d.before_ref),
+        help="a git ref whose worker runs as one more row, worker_before, beside today's "
+        "(env BENCH_BEFORE_REF; default: none)",
+    )
+    p.add_argument(
         "--docs",
         type=int,
         choices=[0, 1],
@@ -178,6 +191,7 @@ def parse_config(argv: list[str] | None) -> Config:
         scrape_reps=a.scrape_reps,
         fleet_events=a.fleet_events,
         docs=bool(a.docs),
+        before_ref=a.before_ref,
     )
 
 
@@ -203,6 +217,8 @@ def command_line(cfg: Config) -> str:
         env.append(f"BENCH_SCRAPE_REPS={cfg.scrape_reps}")
     if cfg.fleet_events != d.fleet_events:
         env.append(f"BENCH_FLEET_EVENTS={cfg.fleet_events}")
+    if cfg.before_ref:
+        env.append(f"BENCH_BEFORE_REF={cfg.before_ref}")
     return " ".join([*env, "make bench"])
 
 
@@ -394,6 +410,25 @@ class Bench:
         return Measured(name, argv, self.workdir / "logs" / f"{name}.log", cwd=self.workdir)
 
 
+def export_before(b: Bench) -> bool:
+    """The packages of `--before-ref` into workdir/before (git archive); False, logged, if the
+    ref is unknown."""
+    target = b.workdir / "before"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", b.cfg.before_ref, "consumer", "schemas"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        log(f"--before-ref {b.cfg.before_ref}: {archive.stderr.decode().strip()}; row skipped")
+        return False
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    log(f"worker_before: the worker at {b.cfg.before_ref}, beside today's")
+    return True
+
+
 def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
     group = f"bench-{row}-r{rep}-{uuid.uuid4().hex[:8]}"
     name = f"{row}-r{rep}"
@@ -405,11 +440,14 @@ def run_row(b: Bench, row: str, rep: int, position: int) -> dict[str, Any]:
     # The worker row runs as shipped (no flag); the other profiles' rows name theirs.
     profile = WORKER_PROFILES.get(row, "llm")
     flag = None if row in ("worker", "worker_x2") else profile
-    if row in WORKER_PROFILES or row == "worker_x2":
+    if row in WORKER_PROFILES or row in ("worker_x2", BEFORE_ROW):
         count = 2 if row == "worker_x2" else 1
+        flag = None if row == BEFORE_ROW else flag
         pairs = [b.worker(group, f"{name}-{i}", profile=flag) for i in range(count)]
         procs = [p for p, _ in pairs]
         urls = [u for _, u in pairs]
+        if row == BEFORE_ROW:  # that ref's code first on the path (the venv is today's)
+            procs[0].env = {"PYTHONPATH": str(b.workdir / "before")}
     else:
         procs = [b.program(row, group, name)]
 
@@ -694,10 +732,13 @@ def main(argv: list[str] | None = None) -> int:
             cfg, bootstrap, topic, ends, workdir, quix_python, CommitWatch(bootstrap, topic, ends)
         )
 
+        before = (
+            [BEFORE_ROW] if cfg.before_ref and "worker" in cfg.rows and export_before(b) else []
+        )
         t = time.monotonic()
         for rep in range(cfg.reps):
             # Two workers against one: only in the first scale_reps repetitions, for time.
-            rows = cfg.rows + (["worker_x2"] if rep < cfg.scale_reps else [])
+            rows = cfg.rows + before + (["worker_x2"] if rep < cfg.scale_reps else [])
             shift = rep % len(rows) if rows else 0
             for position, row in enumerate(rows[shift:] + rows[:shift]):
                 runs.append(run_row(b, row, rep, position))
