@@ -22,6 +22,7 @@ port) are dropped, and its errors are kept to tell a refused login from an absen
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 import time
@@ -39,6 +40,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from consumer.errors import AccessError, AuthorizationError, ConfigError, UsageConsumerError
 from consumer.kafka.refusals import ClientIdentity, access_error
+from consumer.logs import KAFKA_LOGGER
 from consumer.settings import Settings, setting_label
 
 __all__ = [
@@ -432,7 +434,11 @@ def _create_error(
 
 def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int) -> None:
     """Create missing topics (replication 1: for the local broker only)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": logging.getLogger(KAFKA_LOGGER),
+    }
+    admin = AdminClient(config)
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
     for future in admin.create_topics(missing).values() if missing else []:
