@@ -46,6 +46,7 @@ from consumer.kafka.topics import (
 from consumer.settings import load_settings
 from tests import certs
 from tests.conftest import TopicFactory
+from tests.harness import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -208,6 +209,20 @@ def test_check_names_a_missing_dlq(kafka_bootstrap: str, topic_factory: TopicFac
         f"create it with: usage-consumer topics create --bootstrap-servers {kafka_bootstrap} "
         f"--topic {topic} --dlq-topic dead-letters"
     )
+
+
+def test_a_worker_with_create_topics_makes_both_and_runs(
+    kafka_bootstrap: str, group_id: str, tmp_path: Path
+) -> None:
+    topic = _name("created-by-worker")
+    worker = WorkerProcess(kafka_bootstrap, topic, group_id, tmp_path, "--create-topics", "true")
+    try:
+        worker.start().wait_ready()
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        assert (_partitions(admin, topic), _partitions(admin, f"{topic}.dlq")) == (12, 1)
+        assert f"created topic {topic}: 12 partitions, replication factor 1" in worker.log()
+    finally:
+        worker.stop()
 
 
 def test_check_gives_up_on_an_unreachable_broker_within_10_s() -> None:
