@@ -32,6 +32,8 @@ KAFKA_LOGGER = "consumer.kafka.librdkafka"
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DIGITS = re.compile(r"\d+")
+# librdkafka's own count of repeats, which would make one repeated line look like two.
+_SUPPRESSED = re.compile(r", \d+ identical error\(s\) suppressed")
 # Attributes every LogRecord has; anything else was passed in `extra=` and goes into the JSON.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -69,7 +71,8 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, _DIGITS.sub("#", record.getMessage()))
+        message = _SUPPRESSED.sub("", record.getMessage())
+        key = (record.name, _DIGITS.sub("#", message))
         now = time.monotonic()
         with self._lock:
             last, held = self._seen.get(key, (float("-inf"), 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.logs import configure
+from consumer.logs import KAFKA_LOGGER, configure
 from tests.conftest import TopicFactory
 from tests.harness import WorkerProcess
 
@@ -77,6 +77,16 @@ def test_repeated_warnings_are_held_back_then_counted_but_events_always_pass() -
         *[("handed over [('t', 1)] (covered)", None)] * 3,
         ("Kafka error: broker down (after 7ms)", 99),
     ]
+
+
+def test_librdkafkas_own_repeat_count_does_not_make_a_new_message() -> None:
+    out = io.StringIO()
+    configure("INFO", "json", out)
+    log = logging.getLogger(KAFKA_LOGGER)
+    fail = "FAIL [c#consumer-1] [thrd:b/bootstrap]: b/bootstrap: Connect failed (after 0ms in state"
+    log.error("%s CONNECT)", fail)
+    log.error("%s CONNECT, 3 identical error(s) suppressed)", fail)
+    assert len(out.getvalue().splitlines()) == 1
 
 
 def test_text_says_how_many_were_held_back() -> None:
