@@ -220,6 +220,7 @@ class FakeSource:
         self.batches: list[list[FakeMessage]] = []
         self.drained: threading.Event | None = None  # set once the last batch is read
         self.reads: list[tuple[int, float]] = []
+        self.wakes: list[threading.Event | None] = []
         self.pause_calls = 0
         self.subscribed = self.closed = False
 
@@ -232,8 +233,11 @@ class FakeSource:
         self.assignment.difference_update(keys)
         self._paused.difference_update(keys)
 
-    def read_batch(self, max_messages: int, max_wait_s: float) -> list[FakeMessage]:
+    def read_batch(
+        self, max_messages: int, max_wait_s: float, wake: threading.Event | None = None
+    ) -> list[FakeMessage]:
         self.reads.append((max_messages, max_wait_s))
+        self.wakes.append(wake)
         batch = self.batches.pop(0)[:max_messages] if self.batches else []
         if not self.batches and self.drained is not None:
             self.drained.set()
@@ -1059,7 +1063,11 @@ def test_worker_round_trip_in_scrape_mode_commits_only_what_a_scrape_covered(
 
     body = loop.scrape()
     assert b"llm_request_count_total{" in body
+    # The scrape's cover wakes a waiting read, so the commit follows at once.
+    assert loop.ledger.covered_signal.is_set()
     worker.step()
+    assert loop.source.wakes[-1] is loop.ledger.covered_signal
+    assert not loop.ledger.covered_signal.is_set()
     assert loop.consumer.committed == [[(TOPIC, 0, 4), (TOPIC, 1, 2)]]
     assert loop.sample("usage_consumer_commits_total") == 1.0
     assert loop.sample("usage_consumer_scrapes_total") == 1.0

@@ -6,6 +6,7 @@ produces only under load (tests/test_faults.py covers the same path end to end).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,23 @@ def test_a_read_without_rebalance_returns_everything() -> None:
     batch = source.read_batch(100, 0.05)
     assert _offsets(batch) == [(0, 10), (1, 20), (0, 11)]
     assert fake.seeks == []
+
+
+def test_a_waiting_read_returns_soon_after_its_wake_event_with_what_it_has() -> None:
+    source, _, _ = _source([lambda s: [FakeMessage(0, 10)]])
+    wake = threading.Event()
+    began = time.monotonic()
+    threading.Timer(0.05, wake.set).start()
+    batch = source.read_batch(100, 5.0, wake)
+    took = time.monotonic() - began
+    assert _offsets(batch) == [(0, 10)]
+    assert 0.05 <= took < 1.0  # not the 5 s the batch could have waited
+    # Set before the read: the read returns at once (the worker has a commit to make).
+    assert source.read_batch(100, 5.0, wake) == []
+    # Without one, a read waits out its time to fill the batch.
+    began = time.monotonic()
+    assert source.read_batch(100, 0.1) == []
+    assert time.monotonic() - began >= 0.1
 
 
 def _revoke(*partitions: int, lost: bool = False) -> Callable[[KafkaSource], None]:

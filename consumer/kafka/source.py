@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,12 +27,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from consumer.errors import AccessError, ConsumeError
 from consumer.kafka.refusals import ClientIdentity, access_error
 
-__all__ = ["KafkaSource", "PartitionKey", "RebalanceListener"]
+__all__ = ["WAKE_CHECK_S", "KafkaSource", "PartitionKey", "RebalanceListener"]
 
 PartitionKey = tuple[str, int]
 """A partition, as (topic, partition): the key every stage keeps its per-partition state by."""
 
 log = logging.getLogger(__name__)
+
+#: How often a waiting `read_batch` looks at its wake-up event (a consume call each time).
+WAKE_CHECK_S = 0.01
 
 
 class RebalanceListener(Protocol):
@@ -70,8 +74,12 @@ class KafkaSource:
             [self._topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
 
-    def read_batch(self, max_messages: int, max_wait_s: float) -> list[Message]:
-        """Up to `max_messages`, waiting at most `max_wait_s` for the batch to fill."""
+    def read_batch(
+        self, max_messages: int, max_wait_s: float, wake: threading.Event | None = None
+    ) -> list[Message]:
+        """Up to `max_messages`, waiting at most `max_wait_s` for the batch to fill; or less, once
+        `wake` is set (the worker has something to do at once: a scrape made offsets
+        committable), checked every `WAKE_CHECK_S`."""
         deadline = time.monotonic() + max_wait_s
         batch: list[Message] = []
         self._released.clear()
@@ -79,6 +87,10 @@ class KafkaSource:
             remaining = deadline - time.monotonic()
             if remaining <= 0 and batch:
                 break
+            if wake is not None:
+                if wake.is_set():
+                    break
+                remaining = min(remaining, WAKE_CHECK_S)
             for message in self.consumer.consume(
                 max_messages - len(batch), timeout=max(remaining, 0)
             ):
@@ -100,7 +112,7 @@ class KafkaSource:
                 log.warning("consumer error: %s", err.str())
             if self._refused is not None:
                 raise self._refused
-            if remaining <= 0:
+            if remaining <= 0 and (wake is None or time.monotonic() >= deadline):
                 break
         return self._drop_released(batch) if self._released else batch
 

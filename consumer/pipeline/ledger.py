@@ -101,6 +101,8 @@ class OffsetLedger:
         self._lock = threading.Lock()
         self._covered = threading.Condition(self._lock)
         self._covered_at = float("-inf")
+        #: Set by every cover: offsets may have become committable (the worker commits at once).
+        self.covered_signal = threading.Event()
 
     # --- ownership ------------------------------------------------------------------------
 
@@ -180,6 +182,7 @@ class OffsetLedger:
                 while progress.unscraped and progress.unscraped[0][0] <= position:
                     progress.unscraped_count -= progress.unscraped.popleft()[1]
             self._covered.notify_all()
+        self.covered_signal.set()
 
     def covered_at(self) -> float:
         """When (time.monotonic) the newest completed scrape took its snapshot; -inf before

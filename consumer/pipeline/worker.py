@@ -66,13 +66,17 @@ class Worker:
 
     def step(self) -> None:
         self.health.beat()
-        messages = self.source.read_batch(self.batch_size, self.batch_wait_s)
+        # A completed scrape cuts the wait short: what it covered is committed at once, so a
+        # crash replays (and counts twice) as little as possible.
+        wake = self.ledger.covered_signal if self.ledger.mode == "scrape" else None
+        messages = self.source.read_batch(self.batch_size, self.batch_wait_s, wake)
         if messages:
             self.process(messages)
         self.dead_letters.service()
         self.pauses.apply(self.source)
         if self.expiry is not None:
             self.expire_idle_series(time.monotonic())
+        self.ledger.covered_signal.clear()  # a cover from here on wakes the next read
         try:
             self.committer.commit(self.source.consumer)
         except CommitError as exc:
