@@ -12,12 +12,10 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Producer
 from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry
 
@@ -77,8 +75,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     except KeyError as exc:
         raise ConfigError(setting_label("metrics_profile"), str(exc.args[0])) from None
     expiry = _series_expiry(settings, meter_provider)
-    with _kafka_options_checked():
-        _topics_in_place(settings)
+    _topics_in_place(settings)
     metrics = WorkerMetrics.create(registry)
     health = HealthState()
     ledger = OffsetLedger(settings.commit_mode)
@@ -87,8 +84,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
     registry.register(SpreadCollector(spread))
     committer = Committer(ledger, metrics)
 
-    with _kafka_options_checked():
-        dlq_producer = Producer(settings.producer_config())
+    dlq_producer = Producer(settings.producer_config())
     dead_letters = DeadLetterSink(
         dlq_producer,
         settings.dead_letter_topic,
@@ -112,8 +108,7 @@ def run_worker(settings: Settings, stop: threading.Event) -> int:
             metrics.consumer_lag.labels(topic, str(partition)).set(value)
 
     membership = Membership(rebalancer)
-    with _kafka_options_checked():
-        source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
+    source = KafkaSource(settings.consumer_config(), settings.topic, membership, on_lag)
     status = StatusPage(
         StatusSources(
             settings=settings,
@@ -258,18 +253,6 @@ def _listening(settings: Settings, *args: Any, **kwargs: Any) -> MetricsServer:
             f"cannot listen on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror} "
             "(another worker on this host? give each its own port)",
         ) from None
-
-
-@contextmanager
-def _kafka_options_checked() -> Iterator[None]:
-    """librdkafka refuses an unknown or invalid property when the client is built."""
-    try:
-        yield
-    except KafkaException as exc:
-        error = exc.args[0] if exc.args else None
-        if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
-            raise
-        raise ConfigError(setting_label("kafka_options"), error.str()) from None
 
 
 def _series_expiry(settings: Settings, provider: MeterProvider) -> SeriesExpiry | None:

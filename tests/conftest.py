@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from consumer.devtools import broker
-from tests.harness import WorkerProcess
+from tests.harness import WorkerProcess, free_port
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,18 @@ def topic_factory(admin: AdminClient, request: pytest.FixtureRequest) -> TopicFa
         return name
 
     return create
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[broker.BrokerInfo]:
+    """A broker of one test alone, on a port of its own, so that the test may kill and restart
+    it (never the session broker, which every other test shares)."""
+    data_dir = tmp_path / "kafka"
+    info = broker.start_broker(data_dir, free_port())
+    try:
+        yield info
+    finally:
+        broker.stop_broker(data_dir, timeout=10.0)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from tests.harness import (
     WorkerProcess,
     end_offsets,
     expected_series,
-    free_port,
     total,
     usage_series,
 )
@@ -90,17 +88,6 @@ def publish_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if built.returncode != 0:
         pytest.fail(f"go build ./cmd/publish-demo failed:\n{built.stderr}")
     return binary
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[broker.BrokerInfo]:
-    """A broker of this test alone, on a fixed port, so that it can be killed and restarted."""
-    data_dir = tmp_path / "kafka"
-    info = broker.start_broker(data_dir, free_port())
-    try:
-        yield info
-    finally:
-        broker.stop_broker(data_dir)
 
 
 def _create_topic(bootstrap: str, name: str) -> None:

@@ -14,7 +14,6 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,23 +24,12 @@ from consumer.app import SHUTDOWN_GRACE_S
 from consumer.devtools import broker
 from consumer.devtools.produce import synthetic_events
 from tests.conftest import TopicFactory
-from tests.harness import WorkerProcess, dump, free_port
+from tests.harness import WorkerProcess, dump
 
 pytestmark = pytest.mark.integration
 
 HANDOVER_MS = 2000
 BOUND_S = HANDOVER_MS / 1000 + SHUTDOWN_GRACE_S
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[broker.BrokerInfo]:
-    """A broker of this test alone: it is killed."""
-    data_dir = tmp_path / "kafka"
-    info = broker.start_broker(data_dir, free_port())
-    try:
-        yield info
-    finally:
-        broker.stop_broker(data_dir, timeout=10.0)
 
 
 def _produce(bootstrap: str, topic: str, count: int, invalid: int = 0) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.metadata
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from opentelemetry.metrics import Counter, Histogram
@@ -38,6 +39,7 @@ __all__ = [
     "Table",
     "add_to_sums",
     "discard",
+    "forget",
     "is_overflow",
     "merge_into_histograms",
     "metric_of",
@@ -113,6 +115,19 @@ def add_to_sums(aggregations: Aggregations, amount: int) -> None:
         with aggregation._lock:
             value = aggregation._value
             aggregation._value = amount if value is None else value + amount
+
+
+def forget(slots: list[Aggregations | None], stale: AbstractSet[object]) -> list[int]:
+    """Clear the slots (a tracker's resolved aggregations of one attribute set) that hold any of
+    `stale`, so their next use goes through the public API again; returns the slots cleared."""
+    cleared = [
+        slot
+        for slot, aggregations in enumerate(slots)
+        if aggregations is not None and not stale.isdisjoint(aggregations)
+    ]
+    for slot in cleared:
+        slots[slot] = None
+    return cleared
 
 
 def merge_into_histograms(aggregations: Aggregations, values: Sequence[float]) -> None:

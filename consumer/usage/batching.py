@@ -24,6 +24,7 @@ from opentelemetry.metrics import Counter, Histogram
 from consumer.usage._otel_fastpath import (
     Aggregations,
     add_to_sums,
+    forget,
     merge_into_histograms,
     resolve,
     usable,
@@ -180,10 +181,8 @@ class BatchRecorder:
         if not stale:
             return
         for state in self._states.values():
-            for slot, aggregations in enumerate(state.aggregations):
-                if aggregations is not None and not stale.isdisjoint(aggregations):
-                    state.aggregations[slot] = None
-                    state.unresolved[slot] = True
+            for slot in forget(state.aggregations, stale):
+                state.unresolved[slot] = True
 
     def _series_state(self, raw: LabelKey) -> _SeriesState:
         state = self._states.get(raw)

@@ -38,6 +38,7 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE, ErrorT
 
 from consumer.usage._otel_fastpath import (
     Aggregations,
+    forget,
     record_into_histograms,
     resolve,
     usable,
@@ -218,9 +219,7 @@ class GenAiTracker:
         if not stale:
             return
         for state in self._by_attributes.values():
-            for slot, aggregations in enumerate(state.aggregations):
-                if aggregations is not None and not stale.isdisjoint(aggregations):
-                    state.aggregations[slot] = None
+            forget(state.aggregations, stale)
 
     def _first(self, state: _SeriesState, slot: int, value: float) -> None:
         """A public measurement: it creates the series (or lands in the overflow series); then
