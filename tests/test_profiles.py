@@ -40,6 +40,7 @@ from consumer.usage.tracker import TokenTracker
 
 TOKEN_USAGE = "gen_ai.client.token.usage"  # noqa: S105 (a metric name)
 DURATION = "gen_ai.client.operation.duration"
+OVERFLOW = "otel.metric.overflow"
 PROFILE_NAMES = ("llm", "genai", "both")
 
 
@@ -339,6 +340,21 @@ def test_record_batch_equals_record_usage_under_a_cardinality_limit(
         View(instrument_name=name, aggregation_cardinality_limit=limit) for name in INSTRUMENTS
     ]
     assert_batch_equals_per_event(profile, event_batches, views)
+
+
+def test_the_shared_overflow_series_takes_its_values_in_event_order() -> None:
+    """Several sets share the overflow series, so a batch must not gather its values per set:
+    float sums depend on the order (0.001 + 0.008 + 0.001 != 0.001 + 0.001 + 0.008)."""
+    a, b, c = (UsageOptions(provider="p", model=m, latency_ms=1) for m in ("a", "b", "c"))
+    events = [a, b, UsageOptions(provider="p", model="b", latency_ms=8), c]
+    views = [View(instrument_name=DURATION, aggregation_cardinality_limit=1)]
+    with recorded("genai", views) as per_event, recorded("genai", views) as batched:
+        per_event.record_usage(events)
+        batched.record_batch(events)
+        (overflow,) = [p for p in per_event.points(DURATION) if (p.attributes or {}).get(OVERFLOW)]
+        # b, b, c in event order; gathered per set it would be b, c, then b's second value.
+        assert overflow.sum == 0.001 + 0.008 + 0.001 != 0.001 + 0.001 + 0.008
+        assert batched.snapshot() == per_event.snapshot()
 
 
 # (a batch, then seconds until the sweep after it): idle expiry at TTL 10 s interleaved.

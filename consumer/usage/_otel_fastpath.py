@@ -46,6 +46,7 @@ __all__ = [
     "progress",
     "record_into_histograms",
     "resolve",
+    "resolve_series",
     "series",
     "verified",
 ]
@@ -89,11 +90,21 @@ def usable(instrument: Counter | Histogram) -> bool:
 
 def resolve(instrument: Counter | Histogram, attributes: Mapping[str, Any]) -> Aggregations | None:
     """The aggregations a public measurement with `attributes` just updated, or None."""
+    found = resolve_series(instrument, attributes)
+    return None if found is None else found[0]
+
+
+def resolve_series(
+    instrument: Counter | Histogram, attributes: Mapping[str, Any]
+) -> tuple[Aggregations, bool] | None:
+    """`resolve`, and whether any of the aggregations is an overflow series (shared by every
+    set that got no slot, so its values must be applied in event order across sets)."""
     kind = (
         _SumAggregation if isinstance(instrument, Counter) else _ExplicitBucketHistogramAggregation
     )
     key = _hash_attributes(dict(attributes))
     found = []
+    shared = False
     storages = instrument._measurement_consumer._reader_storages.values()  # type: ignore[union-attr]
     for storage in storages:
         for match in storage._get_or_init_view_instrument_match(instrument):
@@ -103,10 +114,11 @@ def resolve(instrument: Counter | Histogram, attributes: Mapping[str, Any]) -> A
             aggregation = table.get(key)
             if aggregation is None:
                 aggregation = table.get(_OVERFLOW_KEY)  # the set did not get a slot
+                shared = True
             if type(aggregation) is not kind:
                 return None
             found.append(aggregation)
-    return tuple(found) or None
+    return (tuple(found), shared) if found else None
 
 
 def add_to_sums(aggregations: Aggregations, amount: int) -> None:

@@ -15,10 +15,13 @@ Names, units and descriptions come from `opentelemetry-semantic-conventions`; th
 boundaries are the conventions' advice, which the tracker passes. The attributes are
 `GENAI_LABELS` (consumer.usage.options).
 
-`record_batch` is exact, as the llm profile's is (tests/test_profiles.py): it applies every value
-in event order, publicly the first time a series is met and straight into the aggregation that
-measurement resolved to afterwards (consumer.usage._otel_fastpath). With most series seeing one
-or two values per batch, grouping them first would cost more than it saves.
+`record_batch` is exact, as the llm profile's is (tests/test_profiles.py): the first value of a
+series goes through the public API at its event's place (creating the series, or landing in the
+overflow series), and the series' later values are gathered per series and merged into the
+aggregation that measurement resolved to (consumer.usage._otel_fastpath), each series' values in
+event order. With partition-affine keys a batch holds a few hundred sets, so most series take
+several values a batch: one merge under one lock costs much less than a record per value. The
+overflow series is shared by many sets, so its values are applied one by one, in event order.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE, ErrorT
 from consumer.usage._otel_fastpath import (
     Aggregations,
     forget,
+    merge_into_histograms,
     record_into_histograms,
-    resolve,
+    resolve_series,
     usable,
 )
 from consumer.usage.batching import DEFAULT_REMEMBERED_SETS
@@ -182,10 +186,10 @@ class GenAiTracker:
     def record_batch(self, opts: Iterable[UsageLike]) -> int:
         """Record many requests; exactly what `record_usage` on each, in order, would record.
 
-        Every value is applied in event order, so every aggregation sees the same sequence as
-        per-event recording (float sums depend on it) and every series is created, by a public
-        measurement, at its event's place. What is saved is the SDK's per-measurement work
-        (cleaning and hashing the attributes), which a resolved series no longer needs.
+        Every aggregation sees the same values in the same order as per-event recording (float
+        sums depend on it), and every series is created, by a public measurement, at its
+        event's place. What is saved is the SDK's per-measurement work (cleaning and hashing
+        the attributes) and, for a series' own aggregation, a lock and a call per value.
 
         ``opts`` is consumed completely before anything is recorded, so if iterating it raises,
         nothing of that batch reaches the instruments.
@@ -194,23 +198,37 @@ class GenAiTracker:
         states = self._states
         first = self._first
         record = record_into_histograms
+        gathered: list[tuple[Aggregations, list[float]]] = []  # series with values to merge
         for o in events:
             key = _BATCH_KEY(o)
             state = states.get(key) or self._state(key)
             found = state.aggregations
+            pending = state.pending
             for slot, amount in enumerate(_TOKENS(o)):
                 if amount > 0:
-                    into = found[slot]
-                    if into is None:
+                    values = pending[slot]
+                    if values is not None:  # the set's own series: merged after the loop
+                        if not values:
+                            gathered.append((found[slot], values))  # type: ignore[arg-type]
+                        values.append(amount)
+                    elif (into := found[slot]) is None:
                         first(state, slot, amount)
-                    else:
+                    else:  # the shared overflow series: in event order across sets
                         record(into, amount)
             if o.latency_ms >= 0:
-                into = found[_SLOTS]
-                if into is None:
-                    first(state, _SLOTS, o.latency_ms / 1000)
+                seconds = o.latency_ms / 1000
+                values = pending[_SLOTS]
+                if values is not None:
+                    if not values:
+                        gathered.append((found[_SLOTS], values))  # type: ignore[arg-type]
+                    values.append(seconds)
+                elif (into := found[_SLOTS]) is None:
+                    first(state, _SLOTS, seconds)
                 else:
-                    record(into, o.latency_ms / 1000)
+                    record(into, seconds)
+        for aggregations, values in gathered:
+            merge_into_histograms(aggregations, values)
+            values.clear()
         return len(events)
 
     def forget(self, stale: AbstractSet[object]) -> None:
@@ -219,7 +237,8 @@ class GenAiTracker:
         if not stale:
             return
         for state in self._by_attributes.values():
-            forget(state.aggregations, stale)
+            for slot in forget(state.aggregations, stale):
+                state.pending[slot] = None
 
     def _first(self, state: _SeriesState, slot: int, value: float) -> None:
         """A public measurement: it creates the series (or lands in the overflow series); then
@@ -249,9 +268,10 @@ class GenAiTracker:
 
 class _SeriesState:
     """What the tracker remembers of one attribute set across batches: its five token series
-    and its duration series, and the aggregations each resolved to."""
+    and its duration series, the aggregations each resolved to, and the values of a batch
+    waiting to be merged into a series of its own."""
 
-    __slots__ = ("aggregations", "duration_attributes", "fast", "token_attributes")
+    __slots__ = ("aggregations", "duration_attributes", "fast", "pending", "token_attributes")
 
     def __init__(self, attrs: Attributes, error_type: str | None, fast: bool) -> None:
         self.token_attributes = tuple(
@@ -259,13 +279,16 @@ class _SeriesState:
         )
         self.duration_attributes = _duration_attributes(attrs, error_type)
         self.aggregations: list[Aggregations | None] = [None] * (_SLOTS + 1)
+        # Per slot: a list (empty between batches) once the slot resolved to the set's own
+        # series; None while unresolved or when it resolved to the shared overflow series.
+        self.pending: list[list[float] | None] = [None] * (_SLOTS + 1)
         self.fast = fast
 
-    def resolve(self, slot: int, instrument: Histogram) -> Aggregations | None:
+    def resolve(self, slot: int, instrument: Histogram) -> None:
         if not self.fast:
-            return None
+            return
         attributes = self.duration_attributes if slot == _SLOTS else self.token_attributes[slot]
-        found = resolve(instrument, attributes)
+        found = resolve_series(instrument, attributes)
         if found is not None:
-            self.aggregations[slot] = found
-        return found
+            self.aggregations[slot], shared = found
+            self.pending[slot] = None if shared else []
