@@ -204,28 +204,20 @@ class GenAiTracker:
             state = states.get(key) or self._state(key)
             found = state.aggregations
             pending = state.pending
-            for slot, amount in enumerate(_TOKENS(o)):
-                if amount > 0:
-                    values = pending[slot]
-                    if values is not None:  # the set's own series: merged after the loop
-                        if not values:
-                            gathered.append((found[slot], values))  # type: ignore[arg-type]
-                        values.append(amount)
-                    elif (into := found[slot]) is None:
-                        first(state, slot, amount)
-                    else:  # the shared overflow series: in event order across sets
-                        record(into, amount)
-            if o.latency_ms >= 0:
-                seconds = o.latency_ms / 1000
-                values = pending[_SLOTS]
-                if values is not None:
+            # The token counts, then the duration: a token type is recorded when its count is
+            # above 0, the duration whenever the latency is not negative (0 included).
+            for slot, value in enumerate((*_TOKENS(o), o.latency_ms / 1000)):
+                if value <= 0 and (value < 0 or slot != _SLOTS):
+                    continue
+                values = pending[slot]
+                if values is not None:  # the set's own series: merged after the loop
                     if not values:
-                        gathered.append((found[_SLOTS], values))  # type: ignore[arg-type]
-                    values.append(seconds)
-                elif (into := found[_SLOTS]) is None:
-                    first(state, _SLOTS, seconds)
-                else:
-                    record(into, seconds)
+                        gathered.append((found[slot], values))  # type: ignore[arg-type]
+                    values.append(value)
+                elif (into := found[slot]) is None:
+                    first(state, slot, value)
+                else:  # the shared overflow series: in event order across sets
+                    record(into, value)
         for aggregations, values in gathered:
             merge_into_histograms(aggregations, values)
             values.clear()
